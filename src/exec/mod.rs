@@ -58,6 +58,12 @@ pub trait JobSink {
         None
     }
 
+    /// Whether the client has already closed its sending side (seen by an earlier process of the
+    /// same job), so it must be probed from time to time rather than watched.
+    fn peer_half_closed(&self) -> bool {
+        false
+    }
+
     /// Checks that the client is still there, by writing something it ignores.
     ///
     /// # Errors

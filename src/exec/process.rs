@@ -124,6 +124,8 @@ pub fn signal_name(signal: i32) -> String {
 }
 
 const STDERR_TAIL: usize = 4096;
+/// How long to wait for the rest of a piece of output before sending what arrived.
+const COALESCE_MS: i32 = 2;
 const READ_CHUNK: usize = 64 * 1024;
 /// How long to keep reading pipes after the main process exits (children may still hold them).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
@@ -190,6 +192,10 @@ pub fn run(
         peer_half_closed: false,
         next_probe: None,
     };
+    if runner.sink.peer_half_closed() {
+        runner.peer_half_closed = true;
+        runner.next_probe = Some(Instant::now() + Duration::from_secs(1));
+    }
     let outcome = runner.supervise();
     drop(guard);
     // The std Child was reaped by wait4 above; dropping it does not wait again.
@@ -268,6 +274,18 @@ impl RlimitPlan {
         set(libc::RLIMIT_CORE, 0, 0)?;
         Ok(())
     }
+}
+
+/// Whether `fd` turns readable within `timeout_ms`.
+fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+    ready > 0 && pollfd.revents & libc::POLLIN != 0
 }
 
 /// How many processes the current real user runs now.
@@ -479,7 +497,7 @@ impl Runner<'_> {
         let Some(file) = self.pipes[index].as_mut() else {
             return;
         };
-        let n = match file.read(&mut buffer) {
+        let mut n = match file.read(&mut buffer) {
             Ok(0) => {
                 self.pipes[index] = None;
                 return;
@@ -491,6 +509,14 @@ impl Runner<'_> {
                 return;
             }
         };
+        // Programs often write a line in pieces (Python writes the text, then the newline): wait a
+        // moment for the rest so one frame carries it, without holding output back noticeably.
+        while n < buffer.len() && wait_readable(file.as_raw_fd(), COALESCE_MS) {
+            match file.read(&mut buffer[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(more) => n += more,
+            }
+        }
         let stream = if index == 0 {
             Stream::Stdout
         } else {

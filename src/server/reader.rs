@@ -42,6 +42,10 @@ struct Conn {
     state: ConnState,
     accepted_at: Instant,
     head_done_at: Option<Instant>,
+    /// The client closed its sending side; it may still read our answer.
+    peer_eof: bool,
+    /// Bytes received so far.
+    received: usize,
 }
 
 /// The acceptor's state.
@@ -212,6 +216,8 @@ impl EventLoop {
                 state: ConnState::Reading,
                 accepted_at: now,
                 head_done_at: None,
+                peer_eof: false,
+                received: 0,
             },
         );
     }
@@ -222,7 +228,16 @@ impl EventLoop {
         };
         let keep = match conn.state {
             ConnState::Reading => self.read_request(&mut conn),
-            ConnState::Refusing { .. } | ConnState::Draining { .. } => drain(&mut conn),
+            ConnState::Refusing { .. } => {
+                if !drain(&mut conn) {
+                    // Half-closed while its (delayed) answer waits: stop watching it, or the
+                    // level-triggered end-of-file would wake the loop until the answer is due.
+                    conn.peer_eof = true;
+                    self.deregister(conn.stream.as_raw_fd());
+                }
+                true
+            }
+            ConnState::Draining { .. } => drain(&mut conn),
         };
         if keep {
             self.conns.insert(key, conn);
@@ -245,6 +260,7 @@ impl EventLoop {
                     return false;
                 }
             };
+            conn.received += n;
             let Some(parser) = conn.parser.as_mut() else {
                 return false;
             };
@@ -323,6 +339,11 @@ impl EventLoop {
                     "the connection ended before the body was complete: Source-Length + Stdin-Length announced {} bytes",
                     head.source_length + head.stdin_length
                 );
+                self.refuse(conn, Status::error(ErrorCode::BadRequest, message));
+                true
+            }
+            (Progress::NeedHead, _) if conn.received > 0 => {
+                let message = "the connection ended before the request header was complete: end it with a blank line";
                 self.refuse(conn, Status::error(ErrorCode::BadRequest, message));
                 true
             }
@@ -416,8 +437,13 @@ impl EventLoop {
         // A status line fits in any socket buffer; a client that filled ours is not reading.
         let _ = conn.stream.write_all(&bytes);
         let _ = conn.stream.shutdown(Shutdown::Write);
+        let drain_time = if conn.peer_eof {
+            Duration::ZERO
+        } else {
+            DRAIN_TIME
+        };
         conn.state = ConnState::Draining {
-            until: Instant::now() + DRAIN_TIME,
+            until: Instant::now() + drain_time,
             discarded: 0,
         };
     }

@@ -49,6 +49,7 @@ fn handle(shared: &Shared, job: QueuedJob) {
         stream: &stream,
         shared,
         broken: false,
+        half_closed: false,
     };
     let head = &request.head;
     let intent = head.intent();
@@ -198,6 +199,8 @@ struct ConnSink<'a> {
     stream: &'a TcpStream,
     shared: &'a Shared,
     broken: bool,
+    /// The client closed its sending side; it may still be reading (`nc -N`), or be gone.
+    half_closed: bool,
 }
 
 impl ConnSink<'_> {
@@ -253,7 +256,12 @@ impl JobSink for ConnSink<'_> {
         Some(self.stream.as_raw_fd())
     }
 
+    fn peer_half_closed(&self) -> bool {
+        self.half_closed
+    }
+
     fn probe(&mut self) -> io::Result<()> {
+        self.half_closed = true;
         self.write(&Frame::encode_head(
             &Channel::Other("keepalive".into()),
             0,

@@ -1,0 +1,124 @@
+//! Figures for the foundation: PING throughput of the pool server at 64 and 1000 concurrent
+//! clients, and Python hello-world RUNs per second with 2 workers next to the machine's bare
+//! `python3 -c pass` spawn rate, all measured in one run. `cargo bench --bench foundation`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kiln::server::{self, ServerConfig};
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn request(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    stream.write_all(bytes).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// Runs `total` requests from `clients` concurrent threads; returns (requests/s, p99, errors).
+fn drive(addr: SocketAddr, bytes: &'static [u8], clients: usize, total: usize) -> (f64, Duration, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let errors = Arc::clone(&errors);
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let began = Instant::now();
+                    match request(addr, bytes) {
+                        Some(answer) if answer.starts_with(b"KILN/1 OK") => {
+                            latencies.push(began.elapsed())
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap_or_default())
+        .collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let p99 = latencies
+        .get(latencies.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    (
+        total as f64 / elapsed.as_secs_f64(),
+        p99,
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    raise_fd_limit();
+    let mut config = ServerConfig::loopback();
+    config.workers = 2;
+    config.queue_capacity = 4096;
+    let server = server::start(config).expect("server starts");
+    let addr = server.local_addr();
+
+    for (clients, total) in [(64, 20_000), (1000, 20_000)] {
+        let (rate, p99, errors) = drive(addr, b"KILN/1 PING\n\n", clients, total);
+        println!(
+            "PING, {clients:>4} concurrent clients, {total} requests: {rate:>8.0} req/s, p99 {:.2} ms, {errors} errors",
+            p99.as_secs_f64() * 1000.0
+        );
+    }
+
+    let hello: &'static [u8] = b"KILN/1 RUN python\nSource-Length: 21\n\nprint('hello world')\n";
+    let (run_rate, p99, errors) = drive(addr, hello, 4, 100);
+    println!(
+        "RUN python hello world, 2 workers, 4 clients, 100 runs: {run_rate:.1} runs/s, p99 {:.0} ms, {errors} errors",
+        p99.as_secs_f64() * 1000.0
+    );
+
+    let spawns = 100;
+    let started = Instant::now();
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..spawns / 2 {
+                    let _ = Command::new("python3").args(["-c", "pass"]).status();
+                }
+            })
+        })
+        .collect();
+    for spawner in spawners {
+        let _ = spawner.join();
+    }
+    let spawn_rate = spawns as f64 / started.elapsed().as_secs_f64();
+    println!("bare `python3 -c pass`, 2 at a time, {spawns} spawns: {spawn_rate:.1} spawns/s");
+    println!(
+        "ratio RUN/s to bare spawns/s: {:.2} (each RUN spawns Python twice: byte-compile, then run)",
+        run_rate / spawn_rate
+    );
+    server.shutdown(Duration::from_secs(1));
+}
