@@ -100,13 +100,19 @@ fn main() {
         p99.as_secs_f64() * 1000.0
     );
 
+    // The server runs the interpreter `python3` resolves to (a pyenv shim, for one, is a shell
+    // script that costs more than Python itself); compare against that same interpreter.
+    let python = kiln::exec::python::Python::detect()
+        .map(|p| p.executable().to_path_buf())
+        .unwrap_or_else(|| "python3".into());
     let spawns = 100;
     let started = Instant::now();
     let spawners: Vec<_> = (0..2)
         .map(|_| {
+            let python = python.clone();
             std::thread::spawn(move || {
                 for _ in 0..spawns / 2 {
-                    let _ = Command::new("python3").args(["-c", "pass"]).status();
+                    let _ = Command::new(&python).args(["-c", "pass"]).status();
                 }
             })
         })
@@ -115,7 +121,10 @@ fn main() {
         let _ = spawner.join();
     }
     let spawn_rate = spawns as f64 / started.elapsed().as_secs_f64();
-    println!("bare `python3 -c pass`, 2 at a time, {spawns} spawns: {spawn_rate:.1} spawns/s");
+    println!(
+        "bare `{} -c pass`, 2 at a time, {spawns} spawns: {spawn_rate:.1} spawns/s",
+        python.display()
+    );
     println!(
         "ratio RUN/s to bare spawns/s: {:.2} (each RUN spawns Python twice: byte-compile, then run)",
         run_rate / spawn_rate

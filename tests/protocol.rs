@@ -241,6 +241,26 @@ fn output_limit_truncates() {
 }
 
 #[test]
+fn file_size_limit_is_an_output_limit() {
+    let server = server_with(|config| config.run_defaults.file_size = 1024 * 1024);
+    let answer = exchange(
+        server.local_addr(),
+        &code_request(
+            "RUN",
+            "python",
+            "with open('big', 'wb') as f:\n    f.write(b'x' * 3 * 1024 * 1024)\n",
+            &[],
+        ),
+    );
+    assert_eq!(answer.result("verdict").as_deref(), Some("output-limit"));
+    assert!(
+        answer
+            .result("message")
+            .is_some_and(|m| m.contains("file-size limit of 1048576 bytes"))
+    );
+}
+
+#[test]
 fn signals_are_reported_by_name() {
     let server = server();
     let answer = exchange(

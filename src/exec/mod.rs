@@ -217,6 +217,12 @@ pub trait Toolchain: Send + Sync {
     fn compile(&self, ctx: &JobContext<'_>, sink: &mut dyn JobSink) -> CompileOutput;
     /// The command that runs the compiled program.
     fn run_command(&self, ctx: &JobContext<'_>, compiled: &CompileOutput) -> CommandSpec;
+    /// Whether a failed run's stderr shows the program hit the file-size limit (runtimes such as
+    /// Python ignore SIGXFSZ and fail with EFBIG instead).
+    fn is_file_too_large(&self, stderr_tail: &[u8]) -> bool {
+        String::from_utf8_lossy(stderr_tail).contains("File too large")
+    }
+
     /// Whether a failed run's stderr shows the program ran out of memory.
     fn is_out_of_memory(&self, stderr_tail: &[u8]) -> bool {
         let text = String::from_utf8_lossy(stderr_tail);
@@ -480,6 +486,7 @@ fn classify(toolchain: &dyn Toolchain, process: &ProcessOutcome, limits: &Limits
         _ if near_memory_limit || toolchain.is_out_of_memory(&process.stderr_tail) => {
             Verdict::MemoryLimit
         }
+        _ if toolchain.is_file_too_large(&process.stderr_tail) => Verdict::OutputLimit,
         ExitKind::Code(_) => Verdict::RuntimeError,
         ExitKind::Signal(_) => Verdict::Signal,
     }

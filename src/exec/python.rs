@@ -21,8 +21,10 @@ def one_line(text):
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     try:
-        code = compile(data, display, 'exec', dont_inherit=True)
-    except (SyntaxError, ValueError) as error:
+        # Compiling text, not bytes, makes SyntaxError offsets count characters, not UTF-8 bytes.
+        text = importlib.util.decode_source(data)
+        code = compile(text, display, 'exec', dont_inherit=True)
+    except (SyntaxError, ValueError, UnicodeDecodeError) as error:
         line = getattr(error, 'lineno', None) or 1
         col = getattr(error, 'offset', None) or 1
         print(f"{line}:{col}: error: {type(error).__name__}: {one_line(getattr(error, 'msg', error))}")

@@ -64,6 +64,9 @@ pub enum ParseError {
     /// A language id with characters other than `a-z0-9_+-`.
     #[error("language id `{0}` may only hold a-z, 0-9, `_`, `+` and `-`")]
     BadLanguage(String),
+    /// A language id over the length limit.
+    #[error("language id is {0} characters long but may be at most 32")]
+    LanguageTooLong(usize),
     /// The intent line and headers exceed the byte limit.
     #[error("the request header is over {limit} bytes (limit {limit}, got at least {got})")]
     HeadTooLong { limit: usize, got: usize },
@@ -382,8 +385,10 @@ impl RequestParser {
             (false, Some(_)) => return Err(ParseError::Unexpected(intent, "language")),
             (true, Some(language)) => {
                 let language = language.to_ascii_lowercase();
-                let valid = language.len() <= 32
-                    && language
+                if language.len() > 32 {
+                    return Err(ParseError::LanguageTooLong(language.len()));
+                }
+                let valid = language
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b));
                 if !valid {
