@@ -27,7 +27,9 @@ fn raise_fd_limit() {
 
 fn request(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
     stream.write_all(bytes).ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).ok()?;
@@ -35,7 +37,12 @@ fn request(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Runs `total` requests from `clients` concurrent threads; returns (requests/s, p99, errors).
-fn drive(addr: SocketAddr, bytes: &'static [u8], clients: usize, total: usize) -> (f64, Duration, usize) {
+fn drive(
+    addr: SocketAddr,
+    bytes: &'static [u8],
+    clients: usize,
+    total: usize,
+) -> (f64, Duration, usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

@@ -25,7 +25,11 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn run(args: &[&str], dir: &Path) -> Output {
-    kiln().args(args).current_dir(dir).output().expect("kiln runs")
+    kiln()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("kiln runs")
 }
 
 #[test]
@@ -38,7 +42,15 @@ fn run_prints_output_and_mirrors_the_exit_code() {
     );
     write(dir.path(), "input.txt", "Ada\n");
     let output = run(
-        &["run", "greet.py", "--stdin", "input.txt", "--", "x", "--flag"],
+        &[
+            "run",
+            "greet.py",
+            "--stdin",
+            "input.txt",
+            "--",
+            "x",
+            "--flag",
+        ],
         dir.path(),
     );
     assert_eq!(text(&output.stdout), "hi ['x', '--flag'] Ada\n");
@@ -66,7 +78,10 @@ fn run_shows_output_live() {
     let first_at = started.elapsed();
     let second = lines.next().expect("a line").expect("reads");
     let second_at = started.elapsed();
-    assert_eq!((first.as_str(), second.as_str()), ("first line", "second line"));
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("first line", "second line")
+    );
     assert!(
         second_at - first_at >= Duration::from_millis(800),
         "the first line arrived at {first_at:?}, the second at {second_at:?}"
@@ -129,7 +144,14 @@ fn info_and_ping_against_a_remote_server_with_a_token() {
 
     write(dir.path(), "remote.py", "print(6 * 7)\n");
     let output = run(
-        &["run", "remote.py", "--server", &addr, "--token", "cli-token"],
+        &[
+            "run",
+            "remote.py",
+            "--server",
+            &addr,
+            "--token",
+            "cli-token",
+        ],
         dir.path(),
     );
     assert_eq!(text(&output.stdout), "42\n");

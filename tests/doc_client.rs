@@ -16,8 +16,8 @@ fn python() -> PathBuf {
 
 #[test]
 fn doc_client_suite_passes() {
-    let server = kiln::server::start(kiln::server::ServerConfig::loopback())
-        .expect("start the Kiln server");
+    let server =
+        kiln::server::start(kiln::server::ServerConfig::loopback()).expect("start the Kiln server");
     let addr = server.local_addr();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doc_client.py");
 

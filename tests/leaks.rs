@@ -23,7 +23,12 @@ fn no_descriptors_processes_or_directories_are_left_behind() {
         b"KILN/1 RUN python\nSource-Length: 99\n\nshort".to_vec(),
         code_request("RUN", "python", "print('ok')\n", &[]),
         code_request("RUN", "python", "import sys\nsys.exit(3)\n", &[]),
-        code_request("RUN", "python", "while True: pass\n", &["Time-Limit-Ms: 300"]),
+        code_request(
+            "RUN",
+            "python",
+            "while True: pass\n",
+            &["Time-Limit-Ms: 300"],
+        ),
         code_request("CHECK", "python", "x = (\n", &[]),
         code_request("BUILD", "python", "print(1)\n", &[]),
         // A child that outlives the program must die with the job.

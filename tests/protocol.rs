@@ -59,7 +59,10 @@ fn stats_counts_requests() {
 fn run_python_streams_stdout_and_reports_the_verdict() {
     let server = server();
     let source = "print('hello, world')\n";
-    let answer = exchange(server.local_addr(), &code_request("RUN", "python", source, &[]));
+    let answer = exchange(
+        server.local_addr(),
+        &code_request("RUN", "python", source, &[]),
+    );
     assert_eq!(answer.text("stdout"), "hello, world\n");
     assert_eq!(answer.result("verdict").as_deref(), Some("ok"));
     assert_eq!(answer.result("exit-code").as_deref(), Some("0"));
@@ -201,7 +204,12 @@ fn time_limit_stops_an_endless_program() {
     let started = Instant::now();
     let answer = exchange(
         server.local_addr(),
-        &code_request("RUN", "python", "while True: pass\n", &["Time-Limit-Ms: 700"]),
+        &code_request(
+            "RUN",
+            "python",
+            "while True: pass\n",
+            &["Time-Limit-Ms: 700"],
+        ),
     );
     assert_eq!(answer.result("verdict").as_deref(), Some("time-limit"));
     assert!(answer.result("message").is_some_and(|m| m.contains("ms")));
@@ -287,24 +295,109 @@ fn bad_inputs() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
     }
     many_lines.push(b'\n');
     vec![
-        ("garbage", vec![0x16, 0x03, 0x01, 0xff, 0x00, b'\n'], "bad-request", "expected a request line"),
-        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "bad-request", "not HTTP"),
-        ("wrong version", b"KILN/9 PING\n\n".to_vec(), "bad-request", "KILN/9"),
-        ("missing version", b"PING\n\n".to_vec(), "bad-request", "expected a request line"),
-        ("unknown intent", b"KILN/1 FETCH\n\n".to_vec(), "bad-request", "unknown intent `FETCH`"),
-        ("missing language", b"KILN/1 RUN\nSource-Length: 1\n\nx".to_vec(), "bad-request", "needs a language"),
-        ("negative length", b"KILN/1 RUN python\nSource-Length: -1\n\n".to_vec(), "bad-request", "got `-1`"),
-        ("non-numeric length", b"KILN/1 RUN python\nSource-Length: 12abc\n\n".to_vec(), "bad-request", "got `12abc`"),
-        ("huge length", b"KILN/1 RUN python\nSource-Length: 2000000\n\n".to_vec(), "too-large", "Source-Length is 2000000 but this server takes at most 1048576 bytes"),
-        ("absurd length", b"KILN/1 RUN python\nSource-Length: 123456789012345678901234567890\n\n".to_vec(), "too-large", "at most 1048576"),
-        ("missing length", b"KILN/1 RUN python\n\nprint(1)".to_vec(), "bad-request", "needs a Source-Length"),
-        ("huge stdin", b"KILN/1 RUN python\nSource-Length: 1\nStdin-Length: 99999999\n\n".to_vec(), "too-large", "Stdin-Length is 99999999 but this server takes at most 8388608 bytes"),
+        (
+            "garbage",
+            vec![0x16, 0x03, 0x01, 0xff, 0x00, b'\n'],
+            "bad-request",
+            "expected a request line",
+        ),
+        (
+            "http",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "bad-request",
+            "not HTTP",
+        ),
+        (
+            "wrong version",
+            b"KILN/9 PING\n\n".to_vec(),
+            "bad-request",
+            "KILN/9",
+        ),
+        (
+            "missing version",
+            b"PING\n\n".to_vec(),
+            "bad-request",
+            "expected a request line",
+        ),
+        (
+            "unknown intent",
+            b"KILN/1 FETCH\n\n".to_vec(),
+            "bad-request",
+            "unknown intent `FETCH`",
+        ),
+        (
+            "missing language",
+            b"KILN/1 RUN\nSource-Length: 1\n\nx".to_vec(),
+            "bad-request",
+            "needs a language",
+        ),
+        (
+            "negative length",
+            b"KILN/1 RUN python\nSource-Length: -1\n\n".to_vec(),
+            "bad-request",
+            "got `-1`",
+        ),
+        (
+            "non-numeric length",
+            b"KILN/1 RUN python\nSource-Length: 12abc\n\n".to_vec(),
+            "bad-request",
+            "got `12abc`",
+        ),
+        (
+            "huge length",
+            b"KILN/1 RUN python\nSource-Length: 2000000\n\n".to_vec(),
+            "too-large",
+            "Source-Length is 2000000 but this server takes at most 1048576 bytes",
+        ),
+        (
+            "absurd length",
+            b"KILN/1 RUN python\nSource-Length: 123456789012345678901234567890\n\n".to_vec(),
+            "too-large",
+            "at most 1048576",
+        ),
+        (
+            "missing length",
+            b"KILN/1 RUN python\n\nprint(1)".to_vec(),
+            "bad-request",
+            "needs a Source-Length",
+        ),
+        (
+            "huge stdin",
+            b"KILN/1 RUN python\nSource-Length: 1\nStdin-Length: 99999999\n\n".to_vec(),
+            "too-large",
+            "Stdin-Length is 99999999 but this server takes at most 8388608 bytes",
+        ),
         ("header over 16 KiB", long_header, "too-large", "16384"),
-        ("over 64 lines", many_lines, "too-large", "more than 64 lines"),
-        ("invalid utf-8 header", b"KILN/1 PING\nX-Name: caf\xe9\n\n".to_vec(), "bad-request", "not valid UTF-8"),
-        ("NUL in source", b"KILN/1 RUN python\nSource-Length: 5\n\npr\0nt".to_vec(), "bad-request", "NUL byte at offset 2"),
-        ("longer body", b"KILN/1 CHECK python\nSource-Length: 2\n\nx\nEXTRA".to_vec(), "bad-request", "longer than announced"),
-        ("unsupported language", b"KILN/1 RUN cobol\nSource-Length: 1\n\nx".to_vec(), "unsupported-language", "it offers: python"),
+        (
+            "over 64 lines",
+            many_lines,
+            "too-large",
+            "more than 64 lines",
+        ),
+        (
+            "invalid utf-8 header",
+            b"KILN/1 PING\nX-Name: caf\xe9\n\n".to_vec(),
+            "bad-request",
+            "not valid UTF-8",
+        ),
+        (
+            "NUL in source",
+            b"KILN/1 RUN python\nSource-Length: 5\n\npr\0nt".to_vec(),
+            "bad-request",
+            "NUL byte at offset 2",
+        ),
+        (
+            "longer body",
+            b"KILN/1 CHECK python\nSource-Length: 2\n\nx\nEXTRA".to_vec(),
+            "bad-request",
+            "longer than announced",
+        ),
+        (
+            "unsupported language",
+            b"KILN/1 RUN cobol\nSource-Length: 1\n\nx".to_vec(),
+            "unsupported-language",
+            "it offers: python",
+        ),
     ]
 }
 
@@ -441,7 +534,10 @@ fn a_half_closed_client_still_gets_its_answer() {
     // `nc -N` closes its sending side after the request and keeps reading: that is not a cancel.
     let server = server();
     let source = "import time\ntime.sleep(1.2)\nprint('done')\n";
-    let answer = exchange(server.local_addr(), &code_request("RUN", "python", source, &[]));
+    let answer = exchange(
+        server.local_addr(),
+        &code_request("RUN", "python", source, &[]),
+    );
     assert_eq!(answer.text("stdout"), "done\n");
     assert_eq!(answer.result("verdict").as_deref(), Some("ok"));
 }
@@ -463,8 +559,14 @@ fn a_full_queue_answers_busy() {
     let busy = exchange(addr, b"KILN/1 PING\n\n");
     assert_eq!(busy.error_code(), Some("busy"));
     assert!(busy.error_message().contains("1 workers"));
-    assert_eq!(read_answer(&mut running).result("verdict").as_deref(), Some("ok"));
-    assert_eq!(read_answer(&mut queued).result("verdict").as_deref(), Some("ok"));
+    assert_eq!(
+        read_answer(&mut running).result("verdict").as_deref(),
+        Some("ok")
+    );
+    assert_eq!(
+        read_answer(&mut queued).result("verdict").as_deref(),
+        Some("ok")
+    );
 }
 
 #[test]
@@ -496,7 +598,12 @@ fn shutdown_cancels_jobs_that_outlast_the_grace_period() {
     let addr = server.local_addr();
     let mut running = connect(addr);
     running
-        .write_all(&code_request("RUN", "python", "import time\ntime.sleep(30)\n", &[]))
+        .write_all(&code_request(
+            "RUN",
+            "python",
+            "import time\ntime.sleep(30)\n",
+            &[],
+        ))
         .expect("sends");
     std::thread::sleep(Duration::from_millis(400));
     let started = Instant::now();

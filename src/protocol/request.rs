@@ -389,8 +389,8 @@ impl RequestParser {
                     return Err(ParseError::LanguageTooLong(language.len()));
                 }
                 let valid = language
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b));
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b));
                 if !valid {
                     return Err(ParseError::BadLanguage(quote_for_message(
                         language.as_bytes(),
