@@ -107,9 +107,8 @@ pub fn decode(raw: &[u8]) -> Answer {
         String::from_utf8_lossy(raw)
     );
     Answer {
-        status: status.unwrap_or_else(|| {
-            panic!("no status line in {:?}", String::from_utf8_lossy(raw))
-        }),
+        status: status
+            .unwrap_or_else(|| panic!("no status line in {:?}", String::from_utf8_lossy(raw))),
         frames,
     }
 }
@@ -124,7 +123,10 @@ pub fn exchange(addr: SocketAddr, bytes: &[u8]) -> Answer {
 
 /// A request with a language and source, plus extra header lines.
 pub fn code_request(intent: &str, language: &str, source: &str, headers: &[&str]) -> Vec<u8> {
-    let mut out = format!("KILN/1 {intent} {language}\nSource-Length: {}\n", source.len());
+    let mut out = format!(
+        "KILN/1 {intent} {language}\nSource-Length: {}\n",
+        source.len()
+    );
     for header in headers {
         out.push_str(header);
         out.push('\n');
