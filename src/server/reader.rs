@@ -3,6 +3,11 @@
 //! bytes of memory rather than a worker. Whole requests go to the job queue; anything refused
 //! (bad request, wrong token, busy, shutting down, too slow) is answered here, after which the
 //! connection is drained briefly so the client reads the answer instead of a reset.
+//!
+//! Where a whole request goes is the [`Dispatch`]: the pool's job queue, or (`reader/fork.rs`) a
+//! child process forked for it, with the loop reaping children as they exit.
+
+pub mod fork;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -18,6 +23,8 @@ use crate::protocol::request::Progress;
 use crate::protocol::{ErrorCode, ParseError, RequestParser, Status};
 
 const LISTENER_KEY: u64 = u64::MAX;
+/// The fork model's SIGCHLD pipe.
+const CHILD_KEY: u64 = u64::MAX - 1;
 /// How long a refused connection is drained after its answer.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// How many bytes a refused connection may still send while drained.
@@ -44,11 +51,20 @@ struct Conn {
     head_done_at: Option<Instant>,
 }
 
+/// Where whole requests go.
+pub enum Dispatch {
+    /// To the pool's bounded queue.
+    Queue,
+    /// To a child process each.
+    Fork(fork::Children),
+}
+
 /// The acceptor's state.
 pub struct EventLoop {
     listener: TcpListener,
     epoll: OwnedFd,
     shared: Arc<Shared>,
+    dispatch: Dispatch,
     conns: HashMap<u64, Conn>,
     next_key: u64,
     accept_paused_until: Option<Instant>,
@@ -59,7 +75,11 @@ impl EventLoop {
     ///
     /// # Errors
     /// If epoll cannot be created.
-    pub fn new(listener: TcpListener, shared: Arc<Shared>) -> io::Result<EventLoop> {
+    pub fn new(
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        dispatch: Dispatch,
+    ) -> io::Result<EventLoop> {
         // SAFETY: epoll_create1 has no pointer arguments; the result is checked before use.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -71,11 +91,15 @@ impl EventLoop {
             listener,
             epoll,
             shared,
+            dispatch,
             conns: HashMap::new(),
             next_key: 0,
             accept_paused_until: None,
         };
         event_loop.register(event_loop.listener.as_raw_fd(), LISTENER_KEY)?;
+        if let Dispatch::Fork(children) = &event_loop.dispatch {
+            event_loop.register(children.wakeup_fd(), CHILD_KEY)?;
+        }
         Ok(event_loop)
     }
 
@@ -110,38 +134,45 @@ impl EventLoop {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
         let mut last_sweep = Instant::now();
         while !self.shared.reader_exit.load(Ordering::SeqCst) {
-            let timeout_ms = self.next_timeout_ms();
-            // SAFETY: events is a valid buffer of the given length.
-            let ready = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as i32,
-                    timeout_ms,
-                )
-            };
-            if ready < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(%error, "epoll_wait failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
+            self.turn(&mut events, &mut last_sweep);
+        }
+    }
+
+    /// One round: waits for events (at most 50 ms), handles them, and sweeps deadlines.
+    fn turn(&mut self, events: &mut [libc::epoll_event], last_sweep: &mut Instant) {
+        let timeout_ms = self.next_timeout_ms();
+        // SAFETY: events is a valid buffer of the given length.
+        let ready = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                i32::try_from(events.len()).unwrap_or(i32::MAX),
+                timeout_ms,
+            )
+        };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(%error, "epoll_wait failed");
+                std::thread::sleep(Duration::from_millis(10));
             }
-            for event in &events[..usize::try_from(ready).unwrap_or(0)] {
-                let key = event.u64;
-                if key == LISTENER_KEY {
-                    self.accept_all();
-                } else {
-                    self.on_readable(key);
-                }
+            return;
+        }
+        for event in &events[..usize::try_from(ready).unwrap_or(0)] {
+            let key = event.u64;
+            if key == LISTENER_KEY {
+                self.accept_all();
+            } else if key == CHILD_KEY {
+                self.on_child_exit();
+            } else {
+                self.on_readable(key);
             }
-            self.resume_accepting();
-            let now = Instant::now();
-            if now.duration_since(last_sweep) >= Duration::from_millis(20) {
-                self.sweep(now);
-                last_sweep = now;
-            }
+        }
+        self.resume_accepting();
+        let now = Instant::now();
+        if now.duration_since(*last_sweep) >= Duration::from_millis(20) {
+            self.sweep(now);
+            *last_sweep = now;
         }
     }
 
@@ -337,6 +368,9 @@ impl EventLoop {
         if self.shared.stopping.load(Ordering::SeqCst) {
             self.refuse(conn, unavailable());
             return true;
+        }
+        if matches!(self.dispatch, Dispatch::Fork(_)) {
+            return self.fork_request(conn);
         }
         let Some(request) = conn.parser.take().and_then(RequestParser::into_request) else {
             return false;

@@ -6,8 +6,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::Shared;
 use super::queue::QueuedJob;
+use super::stats::ProcessStatus;
+use super::{ServerModel, Shared};
 use crate::exec::{JobEvent, JobInput, JobSink, LimitsOverride, Outcome, millis};
 use crate::protocol::{Channel, ErrorCode, Fields, Frame, Intent, Problem, Status, Verdict};
 
@@ -33,7 +34,9 @@ pub fn refuse_unavailable(shared: &Shared, mut job: QueuedJob) {
     let _ = job.stream.shutdown(Shutdown::Write);
 }
 
-fn handle(shared: &Shared, job: QueuedJob) {
+/// Runs one job and answers it; returns whether the client got the whole answer (`served`) rather
+/// than going away (`cancelled`).
+pub(super) fn handle(shared: &Shared, job: QueuedJob) -> bool {
     let QueuedJob {
         stream,
         peer,
@@ -82,13 +85,14 @@ fn handle(shared: &Shared, job: QueuedJob) {
         }
     };
     let result_sent = finish(&mut sink, &outcome);
-    match (outcome.verdict, result_sent) {
-        (Verdict::Cancelled, _) | (_, false) => {
-            shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {
-            shared.stats.served.fetch_add(1, Ordering::Relaxed);
-        }
+    let served = !matches!(
+        (outcome.verdict, result_sent),
+        (Verdict::Cancelled, _) | (_, false)
+    );
+    if served {
+        shared.stats.served.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
     }
     tracing::info!(
         job = %id,
@@ -105,6 +109,7 @@ fn handle(shared: &Shared, job: QueuedJob) {
         "job"
     );
     close_gently(stream);
+    served
 }
 
 fn send_fields(sink: &mut ConnSink<'_>, channel: Channel, fields: &Fields) -> Outcome {
@@ -146,9 +151,14 @@ fn info_fields(shared: &Shared) -> Fields {
     fields
         .push("server", format!("kiln {}", env!("CARGO_PKG_VERSION")))
         .push("protocol", 1)
-        .push("model", "pool")
-        .push("workers", config.workers)
-        .push("queue", config.queue_capacity)
+        .push("model", config.model.as_str());
+    match config.model {
+        ServerModel::Pool => fields
+            .push("workers", config.workers)
+            .push("queue", config.queue_capacity),
+        ServerModel::Fork => fields.push("max-children", config.max_children),
+    };
+    fields
         .push("sandbox", executor.sandbox_name())
         .push(
             "token",
@@ -186,10 +196,23 @@ fn info_fields(shared: &Shared) -> Fields {
 
 fn stats_fields(shared: &Shared) -> Fields {
     let mut fields = shared.stats.to_fields();
+    let stats = &shared.stats;
+    let process = ProcessStatus::read(shared.pid);
     fields
         .push("queued", shared.queue.len())
         .push("workers", shared.config.workers)
-        .push("uptime-ms", millis(shared.started.elapsed()));
+        .push("uptime-ms", millis(shared.started.elapsed()))
+        .push("model", shared.config.model.as_str())
+        .push("peak-rss-kib", process.peak_rss_kib)
+        .push("threads", process.threads);
+    if shared.config.model == ServerModel::Fork {
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        fields
+            .push("children", get(&stats.children))
+            .push("peak-children", get(&stats.peak_children))
+            .push("max-children", shared.config.max_children)
+            .push("peak-child-rss-kib", get(&stats.peak_child_rss_kib));
+    }
     fields
 }
 
