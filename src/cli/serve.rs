@@ -198,20 +198,21 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
 
 /// Tells the person (and the stress tool, which reads the first line) where the server is.
 fn print_banner(addr: SocketAddr, token: Option<&Token>, generated: bool, languages: &[String]) {
-    println!("Kiln server listening on {addr}");
-    if let Some(token) = token {
-        if generated {
-            println!("Token: {}", token.as_str());
-            println!("(generated for this run; give clients this token, or set one with --token)");
-        } else {
-            println!("Token: required (the one you gave)");
-        }
-    } else {
-        println!("Token: none (loopback only)");
-    }
-    println!("Languages: {}", languages.join(", "));
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut text = format!("Kiln server listening on {addr}\n");
+    match token {
+        Some(token) if generated => text.push_str(&format!(
+            "Token: {}\n(generated for this run; give clients this token, or set one with --token)\n",
+            token.as_str()
+        )),
+        Some(_) => text.push_str("Token: required (the one you gave)\n"),
+        None => text.push_str("Token: none (loopback only)\n"),
+    }
+    text.push_str(&format!("Languages: {}\n", languages.join(", ")));
+    // Whoever started the server may have stopped reading after the address: not a reason to die.
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 #[cfg(test)]
