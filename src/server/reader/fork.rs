@@ -100,6 +100,11 @@ impl EventLoop {
         let Some(request) = conn.parser.take().and_then(RequestParser::into_request) else {
             return false;
         };
+        // Counted before the fork so the child's copy of the counters includes itself, as the
+        // pool's STATS counts the job answering it.
+        let stats = &self.shared.stats;
+        let live_now = stats.children.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak_children.fetch_max(live_now, Ordering::Relaxed);
         // SAFETY: the fork server's process has one thread (checked in `server::fork::run`), so
         // the child is a complete copy and may allocate, lock and log; it leaves with `_exit`.
         match unsafe { nix::unistd::fork() } {
@@ -108,10 +113,8 @@ impl EventLoop {
                 // The child took the job id the counter held; the next child takes the next one.
                 self.shared.next_job.fetch_add(1, Ordering::Relaxed);
                 let stats = &self.shared.stats;
-                let now = stats.children.fetch_add(1, Ordering::Relaxed) + 1;
-                stats.peak_children.fetch_max(now, Ordering::Relaxed);
-                stats.active.store(now, Ordering::Relaxed);
-                stats.peak_active.fetch_max(now, Ordering::Relaxed);
+                stats.active.store(live_now, Ordering::Relaxed);
+                stats.peak_active.fetch_max(live_now, Ordering::Relaxed);
                 if let Some(children) = self.children_mut() {
                     children.live.insert(child.as_raw());
                 }
@@ -119,6 +122,7 @@ impl EventLoop {
                 false
             }
             Err(errno) => {
+                self.shared.stats.children.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!(%errno, "fork failed");
                 let status = Status::error(
                     ErrorCode::Busy,
