@@ -156,8 +156,8 @@ impl EventLoop {
                 tracing::error!(%error, "epoll_wait failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            return;
         }
+        // Interrupted (the fork model's SIGCHLD does it often) still sweeps deadlines below.
         for event in &events[..usize::try_from(ready).unwrap_or(0)] {
             let key = event.u64;
             if key == LISTENER_KEY {

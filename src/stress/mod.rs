@@ -212,9 +212,11 @@ pub fn run_step(target: &Target, clients: usize, plan: &StepPlan) -> Result<Step
         result
     })
     .context("the load generator failed")?;
-    let server = match (&before, target::fetch_stats(addr, token)) {
-        (Some(before), Ok(after)) => Some(ServerDelta::between(before, &after)),
-        _ => None,
+    let server = match before {
+        Some(before) => {
+            settled_stats(addr, token).map(|after| ServerDelta::between(&before, &after))
+        }
+        None => None,
     };
     if let Some(process) = process {
         process.stop(Duration::from_secs(10));
@@ -226,6 +228,23 @@ pub fn run_step(target: &Target, clients: usize, plan: &StepPlan) -> Result<Step
         load: result,
         server,
     })
+}
+
+/// STATS once the step's last jobs have been counted: a fork child is counted when it is reaped,
+/// which may be a moment after its client read the answer. Waits at most 3 s.
+fn settled_stats(addr: SocketAddr, token: Option<&str>) -> Option<crate::protocol::Fields> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats = target::fetch_stats(addr, token).ok()?;
+        // The job answering STATS counts itself as active.
+        let settled = stats
+            .get_parsed::<u64>("active")
+            .is_none_or(|active| active <= 1);
+        if settled || Instant::now() >= deadline {
+            return Some(stats);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn progress_bar(label: &str, total: usize, done: &AtomicU64, finished: &AtomicBool) {

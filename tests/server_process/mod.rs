@@ -76,16 +76,21 @@ impl ServerProcess {
 
     /// Its STATS.
     pub fn stats(&self) -> Fields {
+        self.try_stats().expect("STATS")
+    }
+
+    /// Its STATS, or the error (a fork server at its child cap answers `busy`).
+    pub fn try_stats(&self) -> Result<Fields, String> {
         let response = self
             .client()
             .start(&JobSpec::simple(Intent::Stats))
-            .expect("STATS");
+            .map_err(|error| error.to_string())?;
         for event in response {
-            if let Event::Stats(fields) = event.expect("event") {
-                return fields;
+            if let Event::Stats(fields) = event.map_err(|error| error.to_string())? {
+                return Ok(fields);
             }
         }
-        panic!("no stats frame");
+        Err("no stats frame".into())
     }
 
     /// A counter from STATS.
@@ -95,15 +100,16 @@ impl ServerProcess {
             .unwrap_or_else(|| panic!("STATS has no {key}"))
     }
 
-    /// Waits up to `limit` for `check` to hold on STATS.
+    /// Waits up to `limit` for `check` to hold on STATS (retrying refused STATS requests).
     pub fn wait_for_stats(&self, limit: Duration, check: impl Fn(&Fields) -> bool) -> Fields {
         let deadline = Instant::now() + limit;
         loop {
-            let stats = self.stats();
-            if check(&stats) || Instant::now() >= deadline {
-                return stats;
+            let stats = self.try_stats();
+            match &stats {
+                Ok(fields) if check(fields) => return fields.clone(),
+                _ if Instant::now() >= deadline => return stats.expect("STATS"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -119,6 +125,19 @@ impl ServerProcess {
             .filter(|(_, state)| *state == 'Z')
             .map(|(pid, _)| pid)
             .collect()
+    }
+
+    /// Zombie children left after `limit`: a child that just answered is a zombie for the moment
+    /// until the server reaps it, so only zombies that stay count.
+    pub fn lasting_zombies(&self, limit: Duration) -> Vec<u32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let zombies = self.zombie_children();
+            if zombies.is_empty() || Instant::now() >= deadline {
+                return zombies;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// CPU time the server has used (user + system), from /proc.
