@@ -228,23 +228,29 @@ impl EventLoop {
         let _ = stream.set_nodelay(true);
         let key = self.next_key;
         self.next_key += 1;
-        if let Err(error) = self.register(stream.as_raw_fd(), key) {
-            tracing::warn!(%error, %peer, "cannot watch connection");
+        let mut conn = Conn {
+            key,
+            stream,
+            peer,
+            parser: Some(RequestParser::new(self.shared.config.parse_limits)),
+            state: ConnState::Reading,
+            accepted_at: Instant::now(),
+            head_done_at: None,
+        };
+        // Most clients send the request with the connection: read it now and watch the socket only
+        // if more is to come, which spares two epoll_ctl calls and a loop round per request.
+        if !self.read_request(&mut conn) {
             return;
         }
-        let now = Instant::now();
-        self.conns.insert(
-            key,
-            Conn {
-                key,
-                stream,
-                peer,
-                parser: Some(RequestParser::new(self.shared.config.parse_limits)),
-                state: ConnState::Reading,
-                accepted_at: now,
-                head_done_at: None,
-            },
-        );
+        match self.register(conn.stream.as_raw_fd(), key) {
+            // A busy refusal has registered it already.
+            Err(error) if error.raw_os_error() != Some(libc::EEXIST) => {
+                tracing::warn!(%error, %peer, "cannot watch connection");
+            }
+            _ => {
+                self.conns.insert(key, conn);
+            }
+        }
     }
 
     fn on_readable(&mut self, key: u64) {

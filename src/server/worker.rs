@@ -52,13 +52,20 @@ pub(super) fn handle(shared: &Shared, job: QueuedJob) -> bool {
         stream: &stream,
         shared,
         broken: false,
+        held: Vec::new(),
     };
     let head = &request.head;
     let intent = head.intent();
-    let outcome = if sink
-        .write(&Status::Ok { job_id: id.clone() }.encode())
-        .is_err()
-    {
+    let status = Status::Ok { job_id: id.clone() }.encode();
+    let status_sent = if matches!(intent, Intent::Ping | Intent::Info | Intent::Stats) {
+        // The whole answer is ready at once: one write, one segment.
+        sink.held = status;
+        Ok(())
+    } else {
+        // A job may take a while: the client learns at once that it started.
+        sink.write(&status)
+    };
+    let outcome = if status_sent.is_err() {
         Outcome::verdict(Verdict::Cancelled)
     } else {
         match intent {
@@ -221,6 +228,8 @@ struct ConnSink<'a> {
     stream: &'a TcpStream,
     shared: &'a Shared,
     broken: bool,
+    /// Bytes to send in front of the next write.
+    held: Vec<u8>,
 }
 
 impl ConnSink<'_> {
@@ -229,7 +238,13 @@ impl ConnSink<'_> {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let mut stream = self.stream;
-        let result = stream.write_all(bytes);
+        let result = if self.held.is_empty() {
+            stream.write_all(bytes)
+        } else {
+            let mut all = std::mem::take(&mut self.held);
+            all.extend_from_slice(bytes);
+            stream.write_all(&all)
+        };
         if result.is_err() {
             self.broken = true;
         }
