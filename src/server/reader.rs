@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::Shared;
 use super::queue::QueuedJob;
 use crate::protocol::request::Progress;
-use crate::protocol::{ErrorCode, ParseError, RequestParser, Status};
+use crate::protocol::{ErrorCode, ParseError, Request, RequestParser, Status};
 
 const LISTENER_KEY: u64 = u64::MAX;
 /// The fork model's SIGCHLD pipe.
@@ -42,13 +42,16 @@ enum ConnState {
 }
 
 struct Conn {
-    key: u64,
     stream: TcpStream,
     peer: SocketAddr,
     parser: Option<RequestParser>,
     state: ConnState,
     accepted_at: Instant,
     head_done_at: Option<Instant>,
+    /// Whether epoll watches it (a request read whole at accept never is).
+    registered: bool,
+    /// A whole request for the queue, handed over when the loop lets go of the connection.
+    ready: Option<Request>,
 }
 
 /// Where whole requests go.
@@ -229,27 +232,27 @@ impl EventLoop {
         let key = self.next_key;
         self.next_key += 1;
         let mut conn = Conn {
-            key,
             stream,
             peer,
             parser: Some(RequestParser::new(self.shared.config.parse_limits)),
             state: ConnState::Reading,
             accepted_at: Instant::now(),
             head_done_at: None,
+            registered: false,
+            ready: None,
         };
         // Most clients send the request with the connection: read it now and watch the socket only
         // if more is to come, which spares two epoll_ctl calls and a loop round per request.
         if !self.read_request(&mut conn) {
+            self.close(conn);
             return;
         }
         match self.register(conn.stream.as_raw_fd(), key) {
-            // A busy refusal has registered it already.
-            Err(error) if error.raw_os_error() != Some(libc::EEXIST) => {
-                tracing::warn!(%error, %peer, "cannot watch connection");
-            }
-            _ => {
+            Ok(()) => {
+                conn.registered = true;
                 self.conns.insert(key, conn);
             }
+            Err(error) => tracing::warn!(%error, %peer, "cannot watch connection"),
         }
     }
 
@@ -378,47 +381,39 @@ impl EventLoop {
         if matches!(self.dispatch, Dispatch::Fork(_)) {
             return self.fork_request(conn);
         }
-        let Some(request) = conn.parser.take().and_then(RequestParser::into_request) else {
-            return false;
-        };
-        // The queued copy shares the socket; the loop's copy is dropped once the job is queued.
-        let Ok(stream) = conn.stream.try_clone() else {
-            self.refuse(
-                conn,
-                Status::error(ErrorCode::Internal, "the server is out of file descriptors"),
+        // Only this thread adds to the queue, so room seen now is still there at the push.
+        if self.shared.queue.is_full() {
+            let status = Status::error(
+                ErrorCode::Busy,
+                format!(
+                    "all {} workers are busy and {} requests are waiting; try again in a moment",
+                    self.shared.config.workers, self.shared.config.queue_capacity
+                ),
             );
+            self.refuse(conn, status);
             return true;
-        };
-        self.deregister(conn.stream.as_raw_fd());
-        if stream.set_nonblocking(false).is_err() {
-            return false;
+        }
+        // Queued by `close`, which owns the connection and can hand the socket over whole.
+        conn.ready = conn.parser.take().and_then(RequestParser::into_request);
+        false
+    }
+
+    /// Queues a connection's whole request; the worker gets the socket itself.
+    fn queue_request(&self, conn: Conn, request: Request) {
+        if conn.stream.set_nonblocking(false).is_err() {
+            return;
         }
         let job = QueuedJob {
-            stream,
+            stream: conn.stream,
             peer: conn.peer,
             request,
             accepted_at: conn.accepted_at,
             queued_at: Instant::now(),
         };
-        let Err(job) = self.shared.queue.try_push(job) else {
-            return false;
-        };
-        drop(job);
-        // Blocking mode is shared by both copies of the socket: restore it for the loop.
-        if conn.stream.set_nonblocking(true).is_err()
-            || self.register(conn.stream.as_raw_fd(), conn.key).is_err()
-        {
-            return false;
+        if let Err(job) = self.shared.queue.try_push(job) {
+            // The queue closed in between: the server is stopping.
+            super::worker::refuse_unavailable(&self.shared, job);
         }
-        let status = Status::error(
-            ErrorCode::Busy,
-            format!(
-                "all {} workers are busy and {} requests are waiting; try again in a moment",
-                self.shared.config.workers, self.shared.config.queue_capacity
-            ),
-        );
-        self.refuse(conn, status);
-        true
     }
 
     fn refuse_parse(&mut self, conn: &mut Conn, error: &ParseError) {
@@ -507,9 +502,14 @@ impl EventLoop {
         }
     }
 
-    fn close(&self, conn: Conn) {
-        self.deregister(conn.stream.as_raw_fd());
-        drop(conn);
+    /// Lets go of a connection: queues its request if it has a whole one, else closes it.
+    fn close(&self, mut conn: Conn) {
+        if conn.registered {
+            self.deregister(conn.stream.as_raw_fd());
+        }
+        if let Some(request) = conn.ready.take() {
+            self.queue_request(conn, request);
+        }
     }
 }
 
