@@ -213,9 +213,8 @@ pub fn run_step(target: &Target, clients: usize, plan: &StepPlan) -> Result<Step
     })
     .context("the load generator failed")?;
     let server = match before {
-        Some(before) => {
-            settled_stats(addr, token).map(|after| ServerDelta::between(&before, &after))
-        }
+        Some(before) => settled_stats(addr, token)
+            .map(|(after, requests)| ServerDelta::between(&before, &after, requests)),
         None => None,
     };
     if let Some(process) = process {
@@ -232,16 +231,19 @@ pub fn run_step(target: &Target, clients: usize, plan: &StepPlan) -> Result<Step
 
 /// STATS once the step's last jobs have been counted: a fork child is counted when it is reaped,
 /// which may be a moment after its client read the answer. Waits at most 3 s.
-fn settled_stats(addr: SocketAddr, token: Option<&str>) -> Option<crate::protocol::Fields> {
+/// Also returns how many STATS requests that took, as each is counted too.
+fn settled_stats(addr: SocketAddr, token: Option<&str>) -> Option<(crate::protocol::Fields, u64)> {
     let deadline = Instant::now() + Duration::from_secs(3);
+    let mut requests = 0;
     loop {
         let stats = target::fetch_stats(addr, token).ok()?;
+        requests += 1;
         // The job answering STATS counts itself as active.
         let settled = stats
             .get_parsed::<u64>("active")
             .is_none_or(|active| active <= 1);
         if settled || Instant::now() >= deadline {
-            return Some(stats);
+            return Some((stats, requests));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -438,4 +440,49 @@ fn resolve_loopback(server: &str) -> Result<SocketAddr> {
         );
     }
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_servers_are_loaded() {
+        assert_eq!(
+            resolve_loopback("127.0.0.1:9").expect("loopback"),
+            "127.0.0.1:9".parse::<SocketAddr>().expect("addr")
+        );
+        assert!(resolve_loopback("[::1]:9").is_ok());
+        let error = resolve_loopback("10.1.2.3:80").expect_err("not loopback");
+        assert!(error.to_string().contains("10.1.2.3:80"), "{error}");
+        assert!(resolve_loopback("no-port").is_err());
+    }
+
+    #[test]
+    fn run_requests_carry_the_source() {
+        let args = StressArgs {
+            server: None,
+            model: ModelChoice::Both,
+            clients: vec![1],
+            concurrency: 1,
+            intent: StressIntent::Run,
+            source: None,
+            lang: "python".into(),
+            out: None,
+            chart: None,
+            timeout_ms: 1000,
+            threads: 1,
+            source_addresses: 1,
+            workers: None,
+            queue: 1,
+            max_children: 1,
+            token: Some("secret".into()),
+        };
+        let plan = request_plan(&args).expect("plan");
+        let text = String::from_utf8_lossy(&plan.request);
+        assert!(text.starts_with("KILN/1 RUN python\n"), "{text}");
+        assert!(text.contains("Token: secret\n"), "{text}");
+        assert!(text.ends_with("\n\nprint('kiln stress')\n"), "{text}");
+        assert_eq!(plan.expect, Verdict::Ok);
+    }
 }

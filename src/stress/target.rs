@@ -153,8 +153,9 @@ pub struct ServerDelta {
 }
 
 impl ServerDelta {
-    /// The difference between two STATS answers of the same server.
-    pub fn between(before: &Fields, after: &Fields) -> ServerDelta {
+    /// The difference between two STATS answers of the same server, `after` being the last of
+    /// `after_requests` STATS requests made after the step.
+    pub fn between(before: &Fields, after: &Fields, after_requests: u64) -> ServerDelta {
         let diff = |key: &str| {
             let get = |fields: &Fields| fields.get_parsed::<u64>(key).unwrap_or(0);
             get(after).saturating_sub(get(before))
@@ -172,10 +173,10 @@ impl ServerDelta {
         .map(|key| diff(key))
         .sum();
         ServerDelta {
-            // The "after" STATS was accepted before it counted; the "before" one was served after
-            // it counted.
-            accepted: diff("accepted").saturating_sub(1),
-            served: diff("served").saturating_sub(1),
+            // Each "after" STATS was accepted before it counted; the "before" one and all but the
+            // last "after" one were served after they counted.
+            accepted: diff("accepted").saturating_sub(after_requests),
+            served: diff("served").saturating_sub(after_requests),
             busy: diff("busy"),
             timeouts: diff("timeouts"),
             errors,
@@ -207,7 +208,7 @@ mod tests {
             .push("internal", 2)
             .push("peak-rss-kib", 5000)
             .push("threads", 4);
-        let delta = ServerDelta::between(&before, &after);
+        let delta = ServerDelta::between(&before, &after, 1);
         assert_eq!(delta.accepted, 100);
         assert_eq!(delta.served, 100);
         assert_eq!(delta.busy, 0);
