@@ -83,6 +83,9 @@ impl EventLoop {
     /// Hands a whole request to a new child; returns whether the connection stays with the loop
     /// (it does when the request is refused).
     pub(super) fn fork_request(&mut self, conn: &mut Conn) -> bool {
+        // Reaped here too, not only between loop rounds: one round may accept and fork hundreds,
+        // and children that have already exited must not count against the cap.
+        self.reap_children();
         let Some(children) = self.children() else {
             return false;
         };
