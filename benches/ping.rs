@@ -21,7 +21,7 @@ use kiln::stress::{FULL_STEPS, StepPlan, Target, chart, driver, run_step};
 /// Clients per round in the ratio runs.
 const RATIO_CLIENTS: usize = 10_000;
 /// Rounds per target and concurrency in the ratio runs.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Clients at once in the full table: under the pool's queue and the fork model's child cap, so a
 /// correct server shows zero errors.
 const FULL_CONCURRENCY: usize = 256;
