@@ -1,7 +1,8 @@
 //! The fork model (`kiln --server 127.0.0.1:0 --model fork`) against the protocol: PING, INFO,
 //! STATS, CHECK/RUN/BUILD of Python, streaming, bad requests, `busy` beyond `--max-children`,
 //! cancelling on disconnect, no zombies, and a clean stop on SIGTERM. Each test runs its own
-//! server process, as the fork server must be a single-threaded process of its own.
+//! server process, as the fork server must be a single-threaded process of its own. The tests that
+//! do not depend on the model also run against the pool (`*_pool`), so both pass the same set.
 
 mod server_process;
 
@@ -14,7 +15,11 @@ use kiln::protocol::{ErrorCode, Intent, Verdict};
 use server_process::ServerProcess;
 
 fn fork_server(extra: &[&str]) -> ServerProcess {
-    let mut args = vec!["--model", "fork"];
+    model_server("fork", extra)
+}
+
+fn model_server(model: &str, extra: &[&str]) -> ServerProcess {
+    let mut args = vec!["--model", model];
     args.extend_from_slice(extra);
     ServerProcess::start(&args)
 }
@@ -58,7 +63,16 @@ fn ping_info_and_stats_say_fork() {
 
 #[test]
 fn check_run_and_build_python() {
-    let server = fork_server(&[]);
+    check_run_and_build_python_on("fork");
+}
+
+#[test]
+fn check_run_and_build_python_pool() {
+    check_run_and_build_python_on("pool");
+}
+
+fn check_run_and_build_python_on(model: &str) {
+    let server = model_server(model, &[]);
     let client = server.client();
     let mut run = JobSpec::code(
         Intent::Run,
@@ -104,7 +118,16 @@ fn check_run_and_build_python() {
 
 #[test]
 fn output_streams_while_the_program_runs() {
-    let server = fork_server(&[]);
+    output_streams_while_the_program_runs_on("fork");
+}
+
+#[test]
+fn output_streams_while_the_program_runs_pool() {
+    output_streams_while_the_program_runs_on("pool");
+}
+
+fn output_streams_while_the_program_runs_on(model: &str) {
+    let server = model_server(model, &[]);
     let job = JobSpec::code(
         Intent::Run,
         "python",
@@ -134,7 +157,16 @@ fn output_streams_while_the_program_runs() {
 
 #[test]
 fn bad_requests_are_answered_by_the_parent() {
-    let server = fork_server(&[]);
+    bad_requests_are_answered_by_the_parent_on("fork");
+}
+
+#[test]
+fn bad_requests_are_answered_by_the_parent_pool() {
+    bad_requests_are_answered_by_the_parent_on("pool");
+}
+
+fn bad_requests_are_answered_by_the_parent_on(model: &str) {
+    let server = model_server(model, &[]);
     let answer = raw_exchange(&server, b"HELLO WORLD\n\n");
     assert!(answer.starts_with("KILN/1 ERROR bad-request"), "{answer}");
     let answer = raw_exchange(&server, b"KILN/1 RUN cobol\nSource-Length: 2\n\nx\n");
@@ -195,7 +227,16 @@ fn busy_beyond_max_children() {
 
 #[test]
 fn a_client_that_goes_away_cancels_its_job() {
-    let server = fork_server(&[]);
+    a_client_that_goes_away_cancels_its_job_on("fork");
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_its_job_pool() {
+    a_client_that_goes_away_cancels_its_job_on("pool");
+}
+
+fn a_client_that_goes_away_cancels_its_job_on(model: &str) {
+    let server = model_server(model, &[]);
     let job = JobSpec::code(
         Intent::Run,
         "python",
@@ -207,8 +248,9 @@ fn a_client_that_goes_away_cancels_its_job() {
     let started = Instant::now();
     drop(response);
     let stats = server.wait_for_stats(Duration::from_secs(10), |stats| {
+        // The job answering STATS is the only one left running.
         stats.get_parsed::<u64>("cancelled") == Some(1)
-            && stats.get_parsed::<u64>("children") == Some(1)
+            && stats.get_parsed::<u64>("active") == Some(1)
     });
     assert_eq!(stats.get_parsed::<u64>("cancelled"), Some(1), "{stats:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -285,4 +327,21 @@ fn stalled_requests_time_out_without_a_child() {
     // The parent answered it: no child was ever forked for it.
     let stats = server.stats();
     assert_eq!(stats.get_parsed::<u64>("peak-children"), Some(1));
+}
+
+#[test]
+fn ping_info_and_stats_say_pool() {
+    let server = model_server("pool", &["--workers", "3"]);
+    let client = server.client();
+    client.ping().expect("ping");
+    let info = client.info().expect("info");
+    assert_eq!(info.get("model"), Some("pool"));
+    assert_eq!(info.get("workers"), Some("3"));
+    assert_eq!(info.get("max-children"), None);
+    let stats = server.stats();
+    assert_eq!(stats.get("model"), Some("pool"));
+    assert_eq!(stats.get_parsed::<u64>("served"), Some(2));
+    // The acceptor, three workers and the main thread.
+    assert_eq!(stats.get_parsed::<u64>("threads"), Some(5));
+    assert_eq!(stats.get("peak-children"), None);
 }
