@@ -198,11 +198,16 @@ impl EventLoop {
                 Err(error) => {
                     // EMFILE/ENFILE/ENOBUFS: the listener stays readable, so accepting again at
                     // once would spin. Pause, let connections finish, then resume.
-                    self.shared
+                    let failures = self
+                        .shared
                         .stats
                         .accept_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "accept failed; pausing accepts for 100 ms");
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    // Out of descriptors this repeats ten times a second: say it once in 100.
+                    if failures % 100 == 1 {
+                        tracing::warn!(%error, failures, "accept failed; pausing accepts for 100 ms");
+                    }
                     self.deregister(self.listener.as_raw_fd());
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
