@@ -41,6 +41,7 @@ struct UsageError(String);
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(args) => run_program(&args),
+        Command::Stress(args) => crate::stress::run(&args),
         Command::Check(args) => check(&args),
         Command::Build(args) => build(&args),
         Command::Info(args) => info(&args),

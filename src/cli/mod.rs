@@ -52,6 +52,8 @@ pub enum Command {
     Info(ConnectArgs),
     /// Check that a server answers, and how fast.
     Ping(ConnectArgs),
+    /// Load servers with many clients and report errors, time, throughput and latency per step.
+    Stress(crate::stress::StressArgs),
 }
 
 /// Where the server is.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::server::{self, ServerConfig, Token};
+use crate::server::{self, ServerConfig, ServerModel, Token};
 
 /// Options of the headless server.
 #[derive(Debug, Clone, Args)]
@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// How long running jobs may finish after SIGINT/SIGTERM, in ms.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub grace_ms: u64,
+    /// How requests run: `pool` (worker threads and a queue) or `fork` (a child process each).
+    #[arg(long, value_enum, default_value_t = ServerModel::Pool)]
+    pub model: ServerModel,
+    /// Fork model: child processes alive at once; beyond that new requests are answered `busy`.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_children: usize,
 }
 
 /// Parses `[ADDR:]PORT`: a bare port listens on every interface.
@@ -129,6 +135,11 @@ fn build_config(listen: &str, args: &ServeArgs) -> Result<(ServerConfig, bool)> 
     config.header_timeout = Duration::from_millis(args.header_timeout_ms.max(1));
     config.body_timeout = Duration::from_millis(args.body_timeout_ms.max(1));
     config.grace = Duration::from_millis(args.grace_ms);
+    if args.max_children == 0 {
+        bail!("--max-children must be at least 1, got 0");
+    }
+    config.model = args.model;
+    config.max_children = args.max_children;
     Ok((config, generated))
 }
 
@@ -155,22 +166,25 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
-    let handle = server::start(config).context("cannot start the server")?;
-    let addr = handle.local_addr();
-    println!("Kiln server listening on {addr}");
-    if let Some(token) = handle.token() {
-        if generated {
-            println!("Token: {}", token.as_str());
-            println!("(generated for this run; give clients this token, or set one with --token)");
-        } else {
-            println!("Token: required (the one you gave)");
-        }
-    } else {
-        println!("Token: none (loopback only)");
+    if config.model == ServerModel::Fork {
+        let server = server::fork::bind(config).context("cannot start the server")?;
+        print_banner(
+            server.local_addr(),
+            server.token(),
+            generated,
+            &server.executor().language_ids(),
+        );
+        // The loop runs here, on the main thread, the only thread the fork server has.
+        server.run(&stop).context("cannot run the fork server")?;
+        return Ok(());
     }
-    println!("Languages: {}", handle.executor().language_ids().join(", "));
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let handle = server::start(config).context("cannot start the server")?;
+    print_banner(
+        handle.local_addr(),
+        handle.token(),
+        generated,
+        &handle.executor().language_ids(),
+    );
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -180,6 +194,25 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
     );
     handle.shutdown(grace);
     Ok(())
+}
+
+/// Tells the person (and the stress tool, which reads the first line) where the server is.
+fn print_banner(addr: SocketAddr, token: Option<&Token>, generated: bool, languages: &[String]) {
+    use std::io::Write;
+    let mut text = format!("Kiln server listening on {addr}\n");
+    match token {
+        Some(token) if generated => text.push_str(&format!(
+            "Token: {}\n(generated for this run; give clients this token, or set one with --token)\n",
+            token.as_str()
+        )),
+        Some(_) => text.push_str("Token: required (the one you gave)\n"),
+        None => text.push_str("Token: none (loopback only)\n"),
+    }
+    text.push_str(&format!("Languages: {}\n", languages.join(", ")));
+    // Whoever started the server may have stopped reading after the address: not a reason to die.
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 #[cfg(test)]

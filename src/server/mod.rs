@@ -4,8 +4,10 @@
 //! accepts connections and reads requests with deadlines, so a slow or stalled client costs no
 //! worker; `queue` is the bounded job queue (Mutex + Condvar) between the reader and the workers;
 //! `worker` runs one request on a worker thread and writes its answer. `token` holds the shared
-//! secret. Jobs themselves run through `crate::exec`.
+//! secret. Jobs themselves run through `crate::exec`. `fork` is the other model: the same reader on
+//! the main thread, forking a child per request instead of queueing it.
 
+pub mod fork;
 mod queue;
 mod reader;
 pub mod stats;
@@ -58,6 +60,29 @@ pub struct ServerConfig {
     pub unauthorized_delay: Duration,
     /// Listen backlog.
     pub backlog: i32,
+    /// How requests are run: on a pool of threads, or in a child process each.
+    pub model: ServerModel,
+    /// Fork model: children alive at once before new requests are answered `busy`.
+    pub max_children: usize,
+}
+
+/// How a server runs requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerModel {
+    /// Worker threads fed by a bounded queue ([`start`]).
+    Pool,
+    /// A child process per request, forked by the single-threaded accept loop ([`fork::bind`]).
+    Fork,
+}
+
+impl ServerModel {
+    /// The name INFO and STATS report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerModel::Pool => "pool",
+            ServerModel::Fork => "fork",
+        }
+    }
 }
 
 impl ServerConfig {
@@ -82,6 +107,8 @@ impl ServerConfig {
             grace: Duration::from_secs(10),
             unauthorized_delay: Duration::from_millis(250),
             backlog: MIN_BACKLOG,
+            model: ServerModel::Pool,
+            max_children: 1024,
         }
     }
 
@@ -126,9 +153,27 @@ pub(crate) struct Shared {
     pub instance: u16,
     pub next_job: AtomicU64,
     pub started: Instant,
+    /// The server's process (STATS reads its memory and threads; a fork child is not it).
+    pub pid: u32,
 }
 
 impl Shared {
+    fn new(config: ServerConfig, executor: Arc<Executor>) -> Shared {
+        Shared {
+            queue: queue::JobQueue::new(config.queue_capacity.max(1)),
+            config,
+            executor,
+            stats: Stats::default(),
+            stopping: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
+            reader_exit: AtomicBool::new(false),
+            instance: rand::random(),
+            next_job: AtomicU64::new(0),
+            started: Instant::now(),
+            pid: std::process::id(),
+        }
+    }
+
     pub fn next_job_id(&self) -> String {
         let n = self.next_job.fetch_add(1, Ordering::Relaxed) + 1;
         format!("{:04x}-{n}", self.instance)
@@ -165,20 +210,16 @@ pub fn start_with_executor(
     if config.workers == 0 {
         return Err(ServerError::Config("--workers must be at least 1".into()));
     }
+    if config.model != ServerModel::Pool {
+        // The app embeds this server in a process full of threads, where forking would copy only
+        // the calling thread; the fork model has its own entry point for a single-threaded process.
+        return Err(ServerError::Config(
+            "server::start runs the pool model; use server::fork::bind for the fork model".into(),
+        ));
+    }
     let listener = listen(config.bind, config.backlog.max(MIN_BACKLOG))?;
     let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        queue: queue::JobQueue::new(config.queue_capacity.max(1)),
-        config,
-        executor,
-        stats: Stats::default(),
-        stopping: AtomicBool::new(false),
-        aborting: AtomicBool::new(false),
-        reader_exit: AtomicBool::new(false),
-        instance: rand::random(),
-        next_job: AtomicU64::new(0),
-        started: Instant::now(),
-    });
+    let shared = Arc::new(Shared::new(config, executor));
     let mut workers = Vec::new();
     for index in 0..shared.config.workers {
         let shared = Arc::clone(&shared);
@@ -190,7 +231,7 @@ pub fn start_with_executor(
     }
     let reader = {
         let shared = Arc::clone(&shared);
-        let event_loop = reader::EventLoop::new(listener, shared)?;
+        let event_loop = reader::EventLoop::new(listener, shared, reader::Dispatch::Queue)?;
         std::thread::Builder::new()
             .name("kiln-acceptor".into())
             .spawn(move || event_loop.run())?

@@ -26,6 +26,8 @@ pub struct QueuedJob {
 struct State {
     jobs: VecDeque<QueuedJob>,
     closed: bool,
+    /// Workers waiting for a job: with none, a push wakes nobody (and costs no system call).
+    idle: usize,
 }
 
 /// A bounded multi-producer, multi-consumer queue of jobs.
@@ -55,8 +57,11 @@ impl JobQueue {
             return Err(job);
         }
         state.jobs.push_back(job);
+        let wake = state.idle > 0;
         drop(state);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -70,11 +75,18 @@ impl JobQueue {
             if let Some(job) = state.jobs.pop_front() {
                 return Some(job);
             }
+            state.idle += 1;
             state = self
                 .ready
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
         }
+    }
+
+    /// Whether a push would be refused for want of room.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity
     }
 
     /// Jobs waiting now.

@@ -3,6 +3,11 @@
 //! bytes of memory rather than a worker. Whole requests go to the job queue; anything refused
 //! (bad request, wrong token, busy, shutting down, too slow) is answered here, after which the
 //! connection is drained briefly so the client reads the answer instead of a reset.
+//!
+//! Where a whole request goes is the [`Dispatch`]: the pool's job queue, or (`reader/fork.rs`) a
+//! child process forked for it, with the loop reaping children as they exit.
+
+pub mod fork;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -15,9 +20,11 @@ use std::time::{Duration, Instant};
 use super::Shared;
 use super::queue::QueuedJob;
 use crate::protocol::request::Progress;
-use crate::protocol::{ErrorCode, ParseError, RequestParser, Status};
+use crate::protocol::{ErrorCode, ParseError, Request, RequestParser, Status};
 
 const LISTENER_KEY: u64 = u64::MAX;
+/// The fork model's SIGCHLD pipe.
+const CHILD_KEY: u64 = u64::MAX - 1;
 /// How long a refused connection is drained after its answer.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// How many bytes a refused connection may still send while drained.
@@ -35,7 +42,6 @@ enum ConnState {
 }
 
 struct Conn {
-    key: u64,
     stream: TcpStream,
     peer: SocketAddr,
     parser: Option<RequestParser>,
@@ -46,6 +52,18 @@ struct Conn {
     peer_eof: bool,
     /// Bytes received so far.
     received: usize,
+    /// Whether epoll watches it (a request read whole at accept never is).
+    registered: bool,
+    /// A whole request for the queue, handed over when the loop lets go of the connection.
+    ready: Option<Request>,
+}
+
+/// Where whole requests go.
+pub enum Dispatch {
+    /// To the pool's bounded queue.
+    Queue,
+    /// To a child process each.
+    Fork(fork::Children),
 }
 
 /// The acceptor's state.
@@ -53,6 +71,7 @@ pub struct EventLoop {
     listener: TcpListener,
     epoll: OwnedFd,
     shared: Arc<Shared>,
+    dispatch: Dispatch,
     conns: HashMap<u64, Conn>,
     next_key: u64,
     accept_paused_until: Option<Instant>,
@@ -63,7 +82,11 @@ impl EventLoop {
     ///
     /// # Errors
     /// If epoll cannot be created.
-    pub fn new(listener: TcpListener, shared: Arc<Shared>) -> io::Result<EventLoop> {
+    pub fn new(
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        dispatch: Dispatch,
+    ) -> io::Result<EventLoop> {
         // SAFETY: epoll_create1 has no pointer arguments; the result is checked before use.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -75,11 +98,15 @@ impl EventLoop {
             listener,
             epoll,
             shared,
+            dispatch,
             conns: HashMap::new(),
             next_key: 0,
             accept_paused_until: None,
         };
         event_loop.register(event_loop.listener.as_raw_fd(), LISTENER_KEY)?;
+        if let Dispatch::Fork(children) = &event_loop.dispatch {
+            event_loop.register(children.wakeup_fd(), CHILD_KEY)?;
+        }
         Ok(event_loop)
     }
 
@@ -114,38 +141,45 @@ impl EventLoop {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
         let mut last_sweep = Instant::now();
         while !self.shared.reader_exit.load(Ordering::SeqCst) {
-            let timeout_ms = self.next_timeout_ms();
-            // SAFETY: events is a valid buffer of the given length.
-            let ready = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as i32,
-                    timeout_ms,
-                )
-            };
-            if ready < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(%error, "epoll_wait failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
+            self.turn(&mut events, &mut last_sweep);
+        }
+    }
+
+    /// One round: waits for events (at most 50 ms), handles them, and sweeps deadlines.
+    fn turn(&mut self, events: &mut [libc::epoll_event], last_sweep: &mut Instant) {
+        let timeout_ms = self.next_timeout_ms();
+        // SAFETY: events is a valid buffer of the given length.
+        let ready = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                i32::try_from(events.len()).unwrap_or(i32::MAX),
+                timeout_ms,
+            )
+        };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(%error, "epoll_wait failed");
+                std::thread::sleep(Duration::from_millis(10));
             }
-            for event in &events[..usize::try_from(ready).unwrap_or(0)] {
-                let key = event.u64;
-                if key == LISTENER_KEY {
-                    self.accept_all();
-                } else {
-                    self.on_readable(key);
-                }
+        }
+        // Interrupted (the fork model's SIGCHLD does it often) still sweeps deadlines below.
+        for event in &events[..usize::try_from(ready).unwrap_or(0)] {
+            let key = event.u64;
+            if key == LISTENER_KEY {
+                self.accept_all();
+            } else if key == CHILD_KEY {
+                self.on_child_exit();
+            } else {
+                self.on_readable(key);
             }
-            self.resume_accepting();
-            let now = Instant::now();
-            if now.duration_since(last_sweep) >= Duration::from_millis(20) {
-                self.sweep(now);
-                last_sweep = now;
-            }
+        }
+        self.resume_accepting();
+        let now = Instant::now();
+        if now.duration_since(*last_sweep) >= Duration::from_millis(20) {
+            self.sweep(now);
+            *last_sweep = now;
         }
     }
 
@@ -168,11 +202,16 @@ impl EventLoop {
                 Err(error) => {
                     // EMFILE/ENFILE/ENOBUFS: the listener stays readable, so accepting again at
                     // once would spin. Pause, let connections finish, then resume.
-                    self.shared
+                    let failures = self
+                        .shared
                         .stats
                         .accept_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "accept failed; pausing accepts for 100 ms");
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    // Out of descriptors this repeats ten times a second: say it once in 100.
+                    if failures % 100 == 1 {
+                        tracing::warn!(%error, failures, "accept failed; pausing accepts for 100 ms");
+                    }
                     self.deregister(self.listener.as_raw_fd());
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
@@ -201,25 +240,31 @@ impl EventLoop {
         let _ = stream.set_nodelay(true);
         let key = self.next_key;
         self.next_key += 1;
-        if let Err(error) = self.register(stream.as_raw_fd(), key) {
-            tracing::warn!(%error, %peer, "cannot watch connection");
+        let mut conn = Conn {
+            stream,
+            peer,
+            parser: Some(RequestParser::new(self.shared.config.parse_limits)),
+            state: ConnState::Reading,
+            accepted_at: Instant::now(),
+            head_done_at: None,
+            peer_eof: false,
+            received: 0,
+            registered: false,
+            ready: None,
+        };
+        // Most clients send the request with the connection: read it now and watch the socket only
+        // if more is to come, which spares two epoll_ctl calls and a loop round per request.
+        if !self.read_request(&mut conn) {
+            self.close(conn);
             return;
         }
-        let now = Instant::now();
-        self.conns.insert(
-            key,
-            Conn {
-                key,
-                stream,
-                peer,
-                parser: Some(RequestParser::new(self.shared.config.parse_limits)),
-                state: ConnState::Reading,
-                accepted_at: now,
-                head_done_at: None,
-                peer_eof: false,
-                received: 0,
-            },
-        );
+        match self.register(conn.stream.as_raw_fd(), key) {
+            Ok(()) => {
+                conn.registered = true;
+                self.conns.insert(key, conn);
+            }
+            Err(error) => tracing::warn!(%error, %peer, "cannot watch connection"),
+        }
     }
 
     fn on_readable(&mut self, key: u64) {
@@ -359,47 +404,42 @@ impl EventLoop {
             self.refuse(conn, unavailable());
             return true;
         }
-        let Some(request) = conn.parser.take().and_then(RequestParser::into_request) else {
-            return false;
-        };
-        // The queued copy shares the socket; the loop's copy is dropped once the job is queued.
-        let Ok(stream) = conn.stream.try_clone() else {
-            self.refuse(
-                conn,
-                Status::error(ErrorCode::Internal, "the server is out of file descriptors"),
+        if matches!(self.dispatch, Dispatch::Fork(_)) {
+            return self.fork_request(conn);
+        }
+        // Only this thread adds to the queue, so room seen now is still there at the push.
+        if self.shared.queue.is_full() {
+            let status = Status::error(
+                ErrorCode::Busy,
+                format!(
+                    "all {} workers are busy and {} requests are waiting; try again in a moment",
+                    self.shared.config.workers, self.shared.config.queue_capacity
+                ),
             );
+            self.refuse(conn, status);
             return true;
-        };
-        self.deregister(conn.stream.as_raw_fd());
-        if stream.set_nonblocking(false).is_err() {
-            return false;
+        }
+        // Queued by `close`, which owns the connection and can hand the socket over whole.
+        conn.ready = conn.parser.take().and_then(RequestParser::into_request);
+        false
+    }
+
+    /// Queues a connection's whole request; the worker gets the socket itself.
+    fn queue_request(&self, conn: Conn, request: Request) {
+        if conn.stream.set_nonblocking(false).is_err() {
+            return;
         }
         let job = QueuedJob {
-            stream,
+            stream: conn.stream,
             peer: conn.peer,
             request,
             accepted_at: conn.accepted_at,
             queued_at: Instant::now(),
         };
-        let Err(job) = self.shared.queue.try_push(job) else {
-            return false;
-        };
-        drop(job);
-        // Blocking mode is shared by both copies of the socket: restore it for the loop.
-        if conn.stream.set_nonblocking(true).is_err()
-            || self.register(conn.stream.as_raw_fd(), conn.key).is_err()
-        {
-            return false;
+        if let Err(job) = self.shared.queue.try_push(job) {
+            // The queue closed in between: the server is stopping.
+            super::worker::refuse_unavailable(&self.shared, job);
         }
-        let status = Status::error(
-            ErrorCode::Busy,
-            format!(
-                "all {} workers are busy and {} requests are waiting; try again in a moment",
-                self.shared.config.workers, self.shared.config.queue_capacity
-            ),
-        );
-        self.refuse(conn, status);
-        true
     }
 
     fn refuse_parse(&mut self, conn: &mut Conn, error: &ParseError) {
@@ -493,9 +533,14 @@ impl EventLoop {
         }
     }
 
-    fn close(&self, conn: Conn) {
-        self.deregister(conn.stream.as_raw_fd());
-        drop(conn);
+    /// Lets go of a connection: queues its request if it has a whole one, else closes it.
+    fn close(&self, mut conn: Conn) {
+        if conn.registered {
+            self.deregister(conn.stream.as_raw_fd());
+        }
+        if let Some(request) = conn.ready.take() {
+            self.queue_request(conn, request);
+        }
     }
 }
 

@@ -37,6 +37,12 @@ pub struct Stats {
     pub active: AtomicU64,
     /// Highest number of jobs running at once.
     pub peak_active: AtomicU64,
+    /// Fork model: child processes alive now.
+    pub children: AtomicU64,
+    /// Fork model: most child processes alive at once.
+    pub peak_children: AtomicU64,
+    /// Fork model: the largest peak resident memory of any child that has exited, in KiB.
+    pub peak_child_rss_kib: AtomicU64,
 }
 
 impl Stats {
@@ -95,5 +101,66 @@ pub struct ActiveGuard<'a> {
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What `/proc/PID/status` says about a process's memory and threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessStatus {
+    /// Peak resident memory (`VmHWM`), in KiB.
+    pub peak_rss_kib: u64,
+    /// Threads now (`Threads`).
+    pub threads: u64,
+}
+
+impl ProcessStatus {
+    /// Reads the status of process `pid`; zeros when it cannot be read (not Linux, process gone).
+    pub fn read(pid: u32) -> ProcessStatus {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|text| ProcessStatus::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses the text of a `/proc/PID/status` file.
+    pub fn parse(text: &str) -> ProcessStatus {
+        let mut status = ProcessStatus::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let number = || {
+                value
+                    .split_whitespace()
+                    .next()
+                    .and_then(|word| word.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            match key {
+                "VmHWM" => status.peak_rss_kib = number(),
+                "Threads" => status.threads = number(),
+                _ => {}
+            }
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_status_parses_peak_rss_and_threads() {
+        let text = "Name:\tkiln\nVmPeak:\t  20000 kB\nVmHWM:\t    7344 kB\nThreads:\t5\n";
+        assert_eq!(
+            ProcessStatus::parse(text),
+            ProcessStatus {
+                peak_rss_kib: 7344,
+                threads: 5
+            }
+        );
+        let own = ProcessStatus::read(std::process::id());
+        assert!(own.peak_rss_kib > 0, "{own:?}");
+        assert!(own.threads >= 1, "{own:?}");
     }
 }

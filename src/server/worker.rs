@@ -6,8 +6,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::Shared;
 use super::queue::QueuedJob;
+use super::stats::ProcessStatus;
+use super::{ServerModel, Shared};
 use crate::exec::{JobEvent, JobInput, JobSink, LimitsOverride, Outcome, millis};
 use crate::protocol::{Channel, ErrorCode, Fields, Frame, Intent, Problem, Status, Verdict};
 
@@ -33,7 +34,9 @@ pub fn refuse_unavailable(shared: &Shared, mut job: QueuedJob) {
     let _ = job.stream.shutdown(Shutdown::Write);
 }
 
-fn handle(shared: &Shared, job: QueuedJob) {
+/// Runs one job and answers it; returns whether the client got the whole answer (`served`) rather
+/// than going away (`cancelled`).
+pub(super) fn handle(shared: &Shared, job: QueuedJob) -> bool {
     let QueuedJob {
         stream,
         peer,
@@ -50,13 +53,20 @@ fn handle(shared: &Shared, job: QueuedJob) {
         shared,
         broken: false,
         half_closed: false,
+        held: Vec::new(),
     };
     let head = &request.head;
     let intent = head.intent();
-    let outcome = if sink
-        .write(&Status::Ok { job_id: id.clone() }.encode())
-        .is_err()
-    {
+    let status = Status::Ok { job_id: id.clone() }.encode();
+    let status_sent = if matches!(intent, Intent::Ping | Intent::Info | Intent::Stats) {
+        // The whole answer is ready at once: one write, one segment.
+        sink.held = status;
+        Ok(())
+    } else {
+        // A job may take a while: the client learns at once that it started.
+        sink.write(&status)
+    };
+    let outcome = if status_sent.is_err() {
         Outcome::verdict(Verdict::Cancelled)
     } else {
         match intent {
@@ -83,13 +93,14 @@ fn handle(shared: &Shared, job: QueuedJob) {
         }
     };
     let result_sent = finish(&mut sink, &outcome);
-    match (outcome.verdict, result_sent) {
-        (Verdict::Cancelled, _) | (_, false) => {
-            shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {
-            shared.stats.served.fetch_add(1, Ordering::Relaxed);
-        }
+    let served = !matches!(
+        (outcome.verdict, result_sent),
+        (Verdict::Cancelled, _) | (_, false)
+    );
+    if served {
+        shared.stats.served.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
     }
     tracing::info!(
         job = %id,
@@ -106,6 +117,7 @@ fn handle(shared: &Shared, job: QueuedJob) {
         "job"
     );
     close_gently(stream);
+    served
 }
 
 fn send_fields(sink: &mut ConnSink<'_>, channel: Channel, fields: &Fields) -> Outcome {
@@ -147,9 +159,14 @@ fn info_fields(shared: &Shared) -> Fields {
     fields
         .push("server", format!("kiln {}", env!("CARGO_PKG_VERSION")))
         .push("protocol", 1)
-        .push("model", "pool")
-        .push("workers", config.workers)
-        .push("queue", config.queue_capacity)
+        .push("model", config.model.as_str());
+    match config.model {
+        ServerModel::Pool => fields
+            .push("workers", config.workers)
+            .push("queue", config.queue_capacity),
+        ServerModel::Fork => fields.push("max-children", config.max_children),
+    };
+    fields
         .push("sandbox", executor.sandbox_name())
         .push(
             "token",
@@ -187,10 +204,23 @@ fn info_fields(shared: &Shared) -> Fields {
 
 fn stats_fields(shared: &Shared) -> Fields {
     let mut fields = shared.stats.to_fields();
+    let stats = &shared.stats;
+    let process = ProcessStatus::read(shared.pid);
     fields
         .push("queued", shared.queue.len())
         .push("workers", shared.config.workers)
-        .push("uptime-ms", millis(shared.started.elapsed()));
+        .push("uptime-ms", millis(shared.started.elapsed()))
+        .push("model", shared.config.model.as_str())
+        .push("peak-rss-kib", process.peak_rss_kib)
+        .push("threads", process.threads);
+    if shared.config.model == ServerModel::Fork {
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        fields
+            .push("children", get(&stats.children))
+            .push("peak-children", get(&stats.peak_children))
+            .push("max-children", shared.config.max_children)
+            .push("peak-child-rss-kib", get(&stats.peak_child_rss_kib));
+    }
     fields
 }
 
@@ -201,6 +231,8 @@ struct ConnSink<'a> {
     broken: bool,
     /// The client closed its sending side; it may still be reading (`nc -N`), or be gone.
     half_closed: bool,
+    /// Bytes to send in front of the next write.
+    held: Vec<u8>,
 }
 
 impl ConnSink<'_> {
@@ -209,7 +241,13 @@ impl ConnSink<'_> {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let mut stream = self.stream;
-        let result = stream.write_all(bytes);
+        let result = if self.held.is_empty() {
+            stream.write_all(bytes)
+        } else {
+            let mut all = std::mem::take(&mut self.held);
+            all.extend_from_slice(bytes);
+            stream.write_all(&all)
+        };
         if result.is_err() {
             self.broken = true;
         }
