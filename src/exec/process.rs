@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +29,10 @@ pub struct CommandSpec {
     pub args: Vec<OsString>,
     /// Environment variables on top of the sandbox's minimal set.
     pub env: Vec<(OsString, OsString)>,
+    /// `None` for a compiler, whose files in the job directory must outlive it; `Some(bytes)` for a
+    /// user's program, which a sandbox may give a private scratch copy of the directory of at most
+    /// that many bytes, discarded when it ends (so no program can fill the disk).
+    pub scratch: Option<u64>,
 }
 
 impl CommandSpec {
@@ -40,6 +45,7 @@ impl CommandSpec {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
             env: Vec::new(),
+            scratch: None,
         }
     }
 
@@ -150,7 +156,9 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let rlimits = RlimitPlan::new(limits);
+    // The job runs as the owner of its directory (see `Sandbox::prepare`).
+    let job_uid = std::fs::metadata(dir)?.uid();
+    let rlimits = RlimitPlan::new(limits, job_uid);
     // SAFETY: the closure only makes async-signal-safe system calls (setsid, prctl, setrlimit).
     unsafe {
         command.pre_exec(move || rlimits.apply_in_child());
@@ -168,6 +176,7 @@ pub fn run(
         .take()
         .map(|pipe| File::from(std::os::fd::OwnedFd::from(pipe)));
     let mut runner = Runner {
+        sandbox,
         pid,
         started,
         limits,
@@ -226,15 +235,15 @@ struct RlimitPlan {
 }
 
 impl RlimitPlan {
-    fn new(limits: &Limits) -> Self {
+    fn new(limits: &Limits, uid: u32) -> Self {
         let cpu_secs = limits.cpu.as_secs() + u64::from(limits.cpu.subsec_nanos() > 0);
         RlimitPlan {
             cpu_secs: cpu_secs.max(1),
             address_space: limits.memory_mib.saturating_mul(1024 * 1024),
             // RLIMIT_NPROC counts every process of the user, not just the job's, so the budget is
-            // on top of what the user already runs (a sandbox running jobs as their own user makes
-            // this exact).
-            processes: user_process_count().saturating_add(limits.processes),
+            // on top of what the user already runs (a sandbox running each job as its own user
+            // makes this exact).
+            processes: user_process_count(uid).saturating_add(limits.processes),
             file_size: limits.file_size,
             open_files: limits.open_files,
         }
@@ -270,10 +279,8 @@ impl RlimitPlan {
     }
 }
 
-/// How many processes the current real user runs now.
-fn user_process_count() -> u64 {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+/// How many processes the user `uid` runs now.
+pub fn user_process_count(uid: u32) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -284,7 +291,6 @@ fn user_process_count() -> u64 {
             continue;
         }
         if let Ok(meta) = std::fs::metadata(entry.path()) {
-            use std::os::unix::fs::MetadataExt;
             if meta.uid() == uid {
                 count += 1;
             }
@@ -294,6 +300,7 @@ fn user_process_count() -> u64 {
 }
 
 struct Runner<'a> {
+    sandbox: &'a dyn Sandbox,
     pid: i32,
     started: Instant,
     limits: &'a Limits,
@@ -400,11 +407,11 @@ impl Runner<'_> {
             }
             return false;
         }
-        self.outcome.exit = if libc::WIFSIGNALED(status) {
+        self.outcome.exit = self.sandbox.decode_exit(if libc::WIFSIGNALED(status) {
             ExitKind::Signal(libc::WTERMSIG(status))
         } else {
             ExitKind::Code(libc::WEXITSTATUS(status))
-        };
+        });
         let time = |tv: libc::timeval| {
             Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0))
                 + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))

@@ -6,6 +6,7 @@
 //! `worker` runs one request on a worker thread and writes its answer. `token` holds the shared
 //! secret. Jobs themselves run through `crate::exec`.
 
+pub mod peers;
 mod queue;
 mod reader;
 pub mod stats;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
-use crate::exec::{Executor, Limits, NoSandbox};
+use crate::exec::{Executor, Limits};
 use crate::protocol::ParseLimits;
 pub use stats::Stats;
 pub use token::Token;
@@ -58,6 +59,8 @@ pub struct ServerConfig {
     pub unauthorized_delay: Duration,
     /// Listen backlog.
     pub backlog: i32,
+    /// CHECK, RUN and BUILD jobs one client address may have queued or running at once.
+    pub max_jobs_per_peer: usize,
 }
 
 impl ServerConfig {
@@ -82,6 +85,7 @@ impl ServerConfig {
             grace: Duration::from_secs(10),
             unauthorized_delay: Duration::from_millis(250),
             backlog: MIN_BACKLOG,
+            max_jobs_per_peer: (workers / 2).max(1),
         }
     }
 
@@ -117,6 +121,8 @@ pub(crate) struct Shared {
     pub executor: Arc<Executor>,
     pub stats: Stats,
     pub queue: queue::JobQueue,
+    /// Jobs per client address.
+    pub peers: Arc<peers::PeerJobs>,
     /// Set when a stop was requested: new requests get `unavailable`.
     pub stopping: AtomicBool,
     /// Set when the grace period is over: running jobs are cancelled.
@@ -145,12 +151,17 @@ pub struct ServerHandle {
     stopped: Arc<Mutex<bool>>,
 }
 
-/// Starts a server with the languages found on this machine and no sandbox.
+/// Starts a server with the languages found on this machine, sandboxed with bubblewrap when it
+/// works here and unsandboxed otherwise (fine on loopback; `kiln --server` insists on a sandbox
+/// for other addresses).
 ///
 /// # Errors
 /// If the address cannot be bound or a thread cannot start.
 pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
-    let executor = Executor::detect(Arc::new(NoSandbox))?;
+    let (executor, unavailable) = crate::exec::bwrap::detect_executor()?;
+    if let Some(why) = unavailable {
+        tracing::warn!(reason = %why, "running jobs without a sandbox");
+    }
     start_with_executor(config, Arc::new(executor))
 }
 
@@ -169,6 +180,7 @@ pub fn start_with_executor(
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         queue: queue::JobQueue::new(config.queue_capacity.max(1)),
+        peers: peers::PeerJobs::new(config.max_jobs_per_peer),
         config,
         executor,
         stats: Stats::default(),

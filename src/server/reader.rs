@@ -338,6 +338,30 @@ impl EventLoop {
             self.refuse(conn, unavailable());
             return true;
         }
+        let takes_worker_time = conn
+            .parser
+            .as_ref()
+            .and_then(RequestParser::head)
+            .is_some_and(|head| head.intent().takes_language());
+        let peer_slot = if takes_worker_time {
+            match self.shared.peers.try_acquire(conn.peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    let limit = self.shared.peers.limit();
+                    let status = Status::error(
+                        ErrorCode::Busy,
+                        format!(
+                            "this client ({}) already has {limit} jobs queued or running, the most one client may have (--max-jobs-per-peer {limit}); wait for one to finish",
+                            conn.peer.ip()
+                        ),
+                    );
+                    self.refuse(conn, status);
+                    return true;
+                }
+            }
+        } else {
+            None
+        };
         let Some(request) = conn.parser.take().and_then(RequestParser::into_request) else {
             return false;
         };
@@ -359,6 +383,7 @@ impl EventLoop {
             request,
             accepted_at: conn.accepted_at,
             queued_at: Instant::now(),
+            peer_slot,
         };
         let Err(job) = self.shared.queue.try_push(job) else {
             return false;

@@ -40,6 +40,7 @@ fn handle(shared: &Shared, job: QueuedJob) {
         request,
         accepted_at,
         queued_at,
+        peer_slot: _peer_slot,
     } = job;
     let started = Instant::now();
     let id = shared.next_job_id();
@@ -168,6 +169,7 @@ fn info_fields(shared: &Shared) -> Fields {
         .push("output-limit-bytes", config.run_defaults.output_bytes)
         .push("file-size-limit-bytes", config.run_defaults.file_size)
         .push("process-limit", config.run_defaults.processes)
+        .push("max-jobs-per-peer", config.max_jobs_per_peer)
         .push("header-timeout-ms", config.header_timeout.as_millis())
         .push("body-timeout-ms", config.body_timeout.as_millis());
     for language in executor.languages() {
