@@ -39,6 +39,8 @@ pub const DEFAULT_UID_BASE: u32 = 2_000_000_000;
 pub const DEFAULT_UID_COUNT: u32 = 4096;
 /// Size of the private `/tmp` of a compiler.
 const COMPILE_TMP_BYTES: u64 = 512 * 1024 * 1024;
+/// Room in a program's scratch directory beyond the file-size limit.
+const SCRATCH_SLACK_BYTES: u64 = 1024 * 1024;
 /// The user a job falls back to if its directory was never prepared (it then cannot write it, and
 /// fails visibly rather than running as root).
 const NOBODY: u32 = 65534;
@@ -296,9 +298,22 @@ impl Sandbox for BwrapSandbox {
         for entry in ETC_ENTRIES {
             command.args(["--ro-bind-try", entry, entry]);
         }
+        let tmp_bytes = spec
+            .scratch
+            .unwrap_or(COMPILE_TMP_BYTES)
+            .max(4096)
+            .to_string();
         command.args(["--proc", "/proc", "--dev", "/dev"]);
-        let tmp_bytes = spec.scratch.unwrap_or(COMPILE_TMP_BYTES).max(4096);
-        command.args(["--size", &tmp_bytes.to_string(), "--tmpfs", "/tmp"]);
+        // bwrap's /dev is a tmpfs the job's user could fill: only /dev/shm stays writable, bounded.
+        command.args([
+            "--size",
+            &tmp_bytes,
+            "--tmpfs",
+            "/dev/shm",
+            "--remount-ro",
+            "/dev",
+        ]);
+        command.args(["--size", &tmp_bytes, "--tmpfs", "/tmp"]);
         match spec.scratch {
             None => {
                 command.arg("--bind").arg(job_dir).arg(job_dir);
@@ -306,8 +321,11 @@ impl Sandbox for BwrapSandbox {
             Some(bytes) => {
                 // A program gets a private, size-limited copy of its directory: the files the
                 // compiler left, read-only, and room for what it writes, gone when it ends.
+                // One file may reach the file-size limit (RLIMIT_FSIZE stops it, with a clear
+                // verdict); the slack keeps the tmpfs from filling a page before that.
+                let size = bytes.saturating_add(SCRATCH_SLACK_BYTES);
                 command
-                    .args(["--size", &bytes.max(4096).to_string(), "--tmpfs"])
+                    .args(["--size", &size.to_string(), "--tmpfs"])
                     .arg(job_dir);
                 if let Ok(entries) = fs::read_dir(job_dir) {
                     for entry in entries.flatten() {

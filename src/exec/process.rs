@@ -275,7 +275,29 @@ impl RlimitPlan {
         set(libc::RLIMIT_FSIZE, self.file_size, self.file_size)?;
         set(libc::RLIMIT_NOFILE, self.open_files, self.open_files)?;
         set(libc::RLIMIT_CORE, 0, 0)?;
+        close_inherited_fds();
         Ok(())
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec, so the program inherits nothing the server
+/// (or whoever started the server) left open without that flag.
+fn close_inherited_fds() {
+    // SAFETY: close_range and fcntl are async-signal-safe system calls without pointers.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        // Kernels before 5.11: walk the usual range by hand.
+        for fd in 3..4096 {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 
