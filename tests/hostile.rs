@@ -375,7 +375,8 @@ fn hostile_programs_do_no_harm() {
                      print('LIST', path, os.listdir(path))\n    \
                  except OSError as e:\n        \
                      print('denied', path, e.strerror)\n\
-             print('fds', sorted(os.listdir('/proc/self/fd')))\n"
+             print('fds', sorted(os.listdir('/proc/self/fd')))\n\
+             print('uid', os.getuid(), os.geteuid())\n"
         );
         let ran = s.run("python", &source);
         expect_verdict(&ran, &[Verdict::Ok])?;
@@ -389,6 +390,27 @@ fn hostile_programs_do_no_harm() {
         // Only stdin, stdout, stderr and the descriptor listing the directory itself.
         ensure(text.contains("fds ['0', '1', '2', '3']"), || {
             format!("the program inherited descriptors: {text}")
+        })?;
+        ensure(!text.contains("uid 0 ") && !text.ends_with(" 0\n"), || {
+            format!("the job runs as root: {text}")
+        })
+    });
+
+    suite.case("reading secrets at compile time", |s| {
+        let source = format!(
+            "#include \"/etc/shadow\"\n#include \"{}\"\nint main(void) {{ return 0; }}\n",
+            s.token_file.display()
+        );
+        let ran = s.run("c", &source);
+        expect_verdict(&ran, &[Verdict::CompileError])?;
+        ensure(!ran.diagnostics.contains(TOKEN), || {
+            format!("the compiler showed the token: {}", ran.diagnostics)
+        })?;
+        ensure(ran.diagnostics.contains("No such file"), || {
+            format!(
+                "the files should not exist for the compiler: {}",
+                ran.diagnostics
+            )
         })
     });
 

@@ -154,7 +154,7 @@ impl Toolchain for Native {
         let spec = CommandSpec::new(&self.compiler, args);
         let run = match run_compiler(ctx, &spec, sink, self.name()) {
             Ok(run) => run,
-            Err(stopped) => return stopped,
+            Err(stopped) => return *stopped,
         };
         let diagnostics = String::from_utf8_lossy(&run.captured_stderr).into_owned();
         let source = String::from_utf8_lossy(&ctx.input.source);
@@ -189,11 +189,13 @@ pub fn run_compiler(
     spec: &CommandSpec,
     sink: &mut dyn JobSink,
     language: &str,
-) -> Result<ProcessOutcome, CompileOutput> {
+) -> Result<ProcessOutcome, Box<CompileOutput>> {
     let limits = &ctx.compile_limits;
-    let stopped = |outcome: Outcome| CompileOutput {
-        stopped: Some(outcome),
-        ..CompileOutput::default()
+    let stopped = |outcome: Outcome| {
+        Box::new(CompileOutput {
+            stopped: Some(outcome),
+            ..CompileOutput::default()
+        })
     };
     let run = process::run(ctx.sandbox, spec, ctx.dir.path(), None, limits, sink, false).map_err(
         |error| {

@@ -131,7 +131,7 @@ pub fn signal_name(signal: i32) -> String {
 
 const STDERR_TAIL: usize = 4096;
 const READ_CHUNK: usize = 64 * 1024;
-/// How long to keep reading pipes after the main process exits (children may still hold them).
+/// How long to keep reading what is already in the pipes once the main process has ended.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Runs `spec` in `dir` under `limits`; with `stream` the output goes to `sink` as it arrives,
@@ -178,6 +178,7 @@ pub fn run(
     let mut runner = Runner {
         sandbox,
         pid,
+        pidfd: pidfd_open(pid),
         started,
         limits,
         sink,
@@ -204,6 +205,16 @@ pub fn run(
     // The std Child was reaped by wait4 above; dropping it does not wait again.
     drop(child);
     Ok(outcome)
+}
+
+/// A pidfd for `pid`, if the kernel has them.
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes no pointers; the descriptor it returns is ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Kills the process group when dropped, so no path out of the runner leaves processes behind.
@@ -321,9 +332,14 @@ pub fn user_process_count(uid: u32) -> u64 {
     count
 }
 
+/// Marks the pidfd among the polled descriptors.
+const EXIT_OWNER: usize = usize::MAX;
+
 struct Runner<'a> {
     sandbox: &'a dyn Sandbox,
     pid: i32,
+    /// A descriptor that turns readable when the main process ends (Linux 5.3+).
+    pidfd: Option<std::os::fd::OwnedFd>,
     started: Instant,
     limits: &'a Limits,
     sink: &'a mut dyn JobSink,
@@ -346,9 +362,11 @@ impl Runner<'_> {
                 kill_group(self.pid);
             }
             let pipes_open = self.pipes.iter().any(Option::is_some);
-            if let Some(at) = exited_at
-                && (!pipes_open || at.elapsed() >= DRAIN_AFTER_EXIT)
-            {
+            if exited_at.is_some() {
+                // Everything the program wrote before it ended is in the pipes now. What is left
+                // of its tree dies with the job, so its end of the pipes is not waited for (a
+                // sandbox's init may hold them a while longer).
+                self.drain_ready();
                 break;
             }
             let now = Instant::now();
@@ -443,9 +461,45 @@ impl Runner<'_> {
         true
     }
 
+    /// Reads what the pipes hold now, without waiting for more (bounded in time, in case
+    /// something outside the job's process group still writes).
+    fn drain_ready(&mut self) {
+        let until = Instant::now() + DRAIN_AFTER_EXIT;
+        while Instant::now() < until {
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
+            let mut owners: Vec<usize> = Vec::with_capacity(2);
+            for (index, pipe) in self.pipes.iter().enumerate() {
+                if let Some(file) = pipe {
+                    fds.push(libc::pollfd {
+                        fd: file.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    owners.push(index);
+                }
+            }
+            if fds.is_empty() {
+                return;
+            }
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            if ready <= 0 {
+                return;
+            }
+            for (pollfd, index) in fds.iter().zip(owners) {
+                if pollfd.revents & libc::POLLIN != 0 {
+                    self.read_pipe(index);
+                } else if pollfd.revents != 0 {
+                    // Hung up with nothing left to read.
+                    self.pipes[index] = None;
+                }
+            }
+        }
+    }
+
     fn wait_and_read(&mut self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
-        let mut owners: Vec<Option<usize>> = Vec::with_capacity(3);
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+        let mut owners: Vec<Option<usize>> = Vec::with_capacity(4);
         for (index, pipe) in self.pipes.iter().enumerate() {
             if let Some(file) = pipe {
                 fds.push(libc::pollfd {
@@ -455,6 +509,16 @@ impl Runner<'_> {
                 });
                 owners.push(Some(index));
             }
+        }
+        // The main process's pidfd turns readable when it ends: the loop then reaps it at once
+        // instead of waiting for the pipes (which its descendants may still hold).
+        if let Some(pidfd) = &self.pidfd {
+            fds.push(libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            owners.push(Some(EXIT_OWNER));
         }
         let peer: Option<RawFd> = self.sink.peer_fd();
         if let Some(fd) = peer
@@ -478,6 +542,7 @@ impl Runner<'_> {
                 continue;
             }
             match owner {
+                Some(EXIT_OWNER) => {}
                 Some(index) => self.read_pipe(index),
                 None => {
                     // The client closed its sending side: maybe it only half-closed (nc -N),

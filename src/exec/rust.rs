@@ -101,7 +101,7 @@ impl Toolchain for Rust {
         let spec = CommandSpec::new(&self.rustc, args);
         let run = match run_compiler(ctx, &spec, sink, self.name()) {
             Ok(run) => run,
-            Err(stopped) => return stopped,
+            Err(stopped) => return *stopped,
         };
         let json = String::from_utf8_lossy(&run.captured_stderr);
         let (diagnostics, mut problems) = parse_rustc(&json, &source_name);

@@ -40,7 +40,7 @@ fn handle(shared: &Shared, job: QueuedJob) {
         request,
         accepted_at,
         queued_at,
-        peer_slot: _peer_slot,
+        peer_slot,
     } = job;
     let started = Instant::now();
     let id = shared.next_job_id();
@@ -82,6 +82,8 @@ fn handle(shared: &Shared, job: QueuedJob) {
             }
         }
     };
+    // The job is over: its client may start another as soon as it reads the result.
+    drop(peer_slot);
     let result_sent = finish(&mut sink, &outcome);
     match (outcome.verdict, result_sent) {
         (Verdict::Cancelled, _) | (_, false) => {
