@@ -294,3 +294,41 @@ fn a_repeated_run_compiles_once() {
     assert_eq!(cache_stats.hits(), 2, "each repeat came from the cache");
     handle.shutdown(Duration::from_secs(5));
 }
+
+/// CPU time and peak memory of the program itself reach the result, sandboxed or not.
+#[test]
+fn results_report_the_programs_cpu_time_and_memory() {
+    let cache = tempfile::tempdir().expect("cache");
+    let (handle, client) = start(&cache);
+    let source = "#include <stdlib.h>\n#include <time.h>\n\
+int main(void) {\n\
+    size_t size = 64u << 20;\n\
+    volatile char *block = malloc(size);\n\
+    if (!block) return 2;\n\
+    for (size_t i = 0; i < size; i += 4096) block[i] = 1;\n\
+    volatile unsigned long spin = 0;\n\
+    clock_t start = clock();\n\
+    while (clock() - start < CLOCKS_PER_SEC * 3 / 10) spin++;\n\
+    return block[size - 4096] == 1 ? 0 : 3;\n\
+}\n";
+    let answer = send(&client, &JobSpec::code(Intent::Run, "c", source));
+    assert_eq!(
+        answer.result.verdict,
+        Verdict::Ok,
+        "{:?}",
+        answer.result.fields
+    );
+    let rss = answer
+        .result
+        .fields
+        .get_parsed::<u64>("max-rss-kib")
+        .expect("max-rss-kib");
+    let cpu = answer.result.millis("cpu-ms").expect("cpu-ms");
+    assert!(
+        rss >= 64 * 1024,
+        "peak memory {rss} KiB misses the 64 MiB block: {:?}",
+        answer.result.fields
+    );
+    assert!(cpu >= 250, "CPU time {cpu} ms misses the 300 ms spin");
+    handle.shutdown(Duration::from_secs(5));
+}

@@ -40,6 +40,9 @@ pub const DEFAULT_UID_BASE: u32 = 2_000_000_000;
 pub const DEFAULT_UID_COUNT: u32 = 4096;
 /// Size of the private `/tmp` of a compiler.
 const COMPILE_TMP_BYTES: u64 = 512 * 1024 * 1024;
+/// What the sandbox's pid 1 runs: the program as its child, then exit with its status (a signal
+/// N as 128 + N, which [`BwrapSandbox::decode_exit`] turns back).
+const INIT_SCRIPT: &str = "\"$@\"; exit $?";
 /// Room in a program's scratch directory beyond the file-size limit.
 const SCRATCH_SLACK_BYTES: u64 = 1024 * 1024;
 /// The user a job falls back to if its directory was never prepared (it then cannot write it, and
@@ -284,6 +287,7 @@ impl Sandbox for BwrapSandbox {
             "kiln",
             "--die-with-parent",
             "--new-session",
+            "--as-pid-1",
         ]);
         for dir in SYSTEM_DIRS {
             let path = Path::new(dir);
@@ -359,7 +363,14 @@ impl Sandbox for BwrapSandbox {
         for (key, value) in &spec.env {
             command.arg("--setenv").arg(key).arg(value);
         }
-        command.arg("--").arg(&spec.program).args(&spec.args);
+        // The namespace's init is a shell that waits for the program: unlike bwrap's own init, it
+        // is reaped by bwrap, so the program's CPU time and peak memory reach the runner's wait4;
+        // and the program is not pid 1, so it keeps the usual signal behaviour. When the shell
+        // ends, the kernel kills whatever is left in the namespace.
+        command
+            .args(["--", "/bin/sh", "-c", INIT_SCRIPT, "kiln-init"])
+            .arg(&spec.program)
+            .args(&spec.args);
         if self.users.is_some() {
             let uid = self.job_uid(job_dir);
             let setup = Arc::clone(&self.root_setup);
