@@ -20,7 +20,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -161,7 +161,7 @@ impl BwrapSandbox {
                     Some(staging_namespace(stages)?)
                 },
             }),
-            users: root.then(|| Arc::new(UidPool::new(DEFAULT_UID_BASE, DEFAULT_UID_COUNT))),
+            users: root.then(job_users),
             _staging: staging,
         })
     }
@@ -525,6 +525,12 @@ impl UidPool {
             used[slot] = false;
         }))
     }
+}
+
+/// The process's one pool of job users, shared by every sandbox in it (tests start several servers).
+fn job_users() -> Arc<UidPool> {
+    static POOL: OnceLock<Arc<UidPool>> = OnceLock::new();
+    Arc::clone(POOL.get_or_init(|| Arc::new(UidPool::new(DEFAULT_UID_BASE, DEFAULT_UID_COUNT))))
 }
 
 /// Whether `uid` belongs to the job users of a root server.
