@@ -108,6 +108,35 @@ impl Suite {
         ran
     }
 
+    /// Runs a job while checking, every 200 ms, that the server still answers PING quickly.
+    fn run_while_pinging(&self, language: &str, source: &str) -> Result<Ran, String> {
+        std::thread::scope(|scope| {
+            let job = scope.spawn(|| self.run(language, source));
+            let mut pings = 0;
+            while !job.is_finished() {
+                let started = Instant::now();
+                match self.client.ping() {
+                    Ok(_) if started.elapsed() < Duration::from_secs(1) => pings += 1,
+                    Ok(_) => {
+                        return Err(format!(
+                            "PING took {} ms while the job ran",
+                            started.elapsed().as_millis()
+                        ));
+                    }
+                    Err(error) => return Err(format!("PING failed while the job ran: {error}")),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let ran = job
+                .join()
+                .map_err(|_| "the job thread panicked".to_owned())?;
+            if pings == 0 {
+                return Err("the job ended before any PING was sent".into());
+            }
+            Ok(ran)
+        })
+    }
+
     /// Runs one case: its own checks, then PING. A failure is recorded, not fatal, so one broken
     /// case does not hide the others.
     fn case(&mut self, name: &str, check: impl FnOnce(&Suite) -> Result<(), String>) {
@@ -252,10 +281,10 @@ fn hostile_programs_do_no_harm() {
     };
 
     suite.case("fork bomb", |s| {
-        let ran = s.run(
+        let ran = s.run_while_pinging(
             "c",
             "#include <unistd.h>\nint main(void) { for (;;) fork(); }\n",
-        );
+        )?;
         expect_verdict(&ran, &[Verdict::TimeLimit])
     });
 
@@ -274,12 +303,12 @@ fn hostile_programs_do_no_harm() {
     });
 
     suite.case("busy loop in many threads", |s| {
-        let ran = s.run(
+        let ran = s.run_while_pinging(
             "c",
             "#include <pthread.h>\n\
              static void *spin(void *arg) { for (;;) { __asm__ volatile(\"\"); } return arg; }\n\
              int main(void) { pthread_t t[16]; for (int i = 0; i < 16; i++) pthread_create(&t[i], 0, spin, 0); spin(0); }\n",
-        );
+        )?;
         expect_verdict(&ran, &[Verdict::TimeLimit])
     });
 
