@@ -3,8 +3,10 @@
 //! The server (`crate::server`) hands a parsed request to [`Executor::execute`] together with a
 //! [`JobSink`] that writes frames back to the client. The executor compiles (or syntax-checks) with the
 //! language's [`Toolchain`], then runs the program through [`process::run`] under the job's
-//! [`Limits`], inside the [`Sandbox`] the server was started with. Nothing here knows about sockets
-//! except the file descriptor the sink lends for spotting a client that went away.
+//! [`Limits`], inside the [`Sandbox`] the server was started with (`bwrap` when it works here, see
+//! [`bwrap::detect_executor`]). Compiles go through the [`cache`]. The languages are `native` (C,
+//! C++), `python` and `rust`. Nothing here knows about sockets except the file descriptor the sink
+//! lends for spotting a client that went away.
 
 pub mod bwrap;
 pub mod cache;

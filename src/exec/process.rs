@@ -1,10 +1,10 @@
 //! Starting one process tree under limits, streaming its output, and ending it whatever it does.
 //!
 //! The process gets its own session (so its process group can be killed as one), rlimits set between
-//! fork and exec, and a parent-death signal. One thread polls its stdout, stderr and the client's
-//! socket: output is forwarded as it arrives, the wall clock is checked on every wake, and a client
-//! that hangs up cancels the run. Whatever ends the run, the whole process group is killed and the
-//! main process reaped with its resource usage.
+//! fork and exec, no inherited descriptors, and a parent-death signal. One thread polls its stdout,
+//! stderr, a pidfd of the process and the client's socket: output is forwarded as it arrives, the
+//! wall clock is checked on every wake, and a client that hangs up cancels the run. Whatever ends
+//! the run, the whole process group is killed and the main process reaped with its resource usage.
 
 use std::ffi::OsString;
 use std::fs::File;
