@@ -594,6 +594,28 @@ fn hostile_programs_do_no_harm() {
         )
     });
 
+    suite.case("the client goes away mid-run", |s| {
+        let stats = &s.handle.as_ref().expect("server").stats().cancelled;
+        let cancelled_before = stats.load(std::sync::atomic::Ordering::Relaxed);
+        let mut job = JobSpec::code(
+            Intent::Run,
+            "python",
+            "import os, time\nos.fork()\nwhile True:\n    time.sleep(0.01)\n"
+                .as_bytes()
+                .to_vec(),
+        );
+        job.head.time_limit_ms = Some(2000);
+        let response = s.client.start(&job).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(300));
+        drop(response);
+        let noticed = wait_until(Duration::from_millis(1500), || {
+            stats.load(std::sync::atomic::Ordering::Relaxed) > cancelled_before
+        });
+        ensure(noticed, || {
+            "the server did not cancel the job within 1.5 s".into()
+        })
+    });
+
     let handle = suite.handle.take().expect("server");
     handle.shutdown(Duration::from_secs(2));
     let leftovers_gone = wait_until(Duration::from_secs(5), || {
