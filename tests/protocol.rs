@@ -33,7 +33,10 @@ fn info_describes_the_server() {
     assert_eq!(info.get("protocol"), Some("1"));
     assert_eq!(info.get("model"), Some("pool"));
     assert_eq!(info.get("workers"), Some("2"));
-    assert_eq!(info.get("sandbox"), Some("none"));
+    assert!(
+        matches!(info.get("sandbox"), Some("bwrap" | "none")),
+        "{info:?}"
+    );
     assert_eq!(info.get("max-source-bytes"), Some("1048576"));
     assert!(info.get("server").is_some_and(|s| s.starts_with("kiln ")));
     let python = info
@@ -106,7 +109,7 @@ fn output_arrives_while_the_program_runs() {
     let mut arrivals = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
-        let n = stream.read(&mut buffer).expect("reads");
+        let n = read_some(&mut stream, &mut buffer);
         if n == 0 {
             break;
         }
@@ -396,7 +399,7 @@ fn bad_inputs() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
             "unsupported language",
             b"KILN/1 RUN cobol\nSource-Length: 1\n\nx".to_vec(),
             "unsupported-language",
-            "it offers: python",
+            "it offers: ",
         ),
     ]
 }
@@ -510,7 +513,7 @@ fn closing_the_connection_kills_the_job_at_once() {
     let mut seen = Vec::new();
     let mut buffer = [0u8; 1024];
     while !String::from_utf8_lossy(&seen).contains("started") {
-        let n = stream.read(&mut buffer).expect("reads");
+        let n = read_some(&mut stream, &mut buffer);
         assert!(n > 0, "closed early");
         seen.extend_from_slice(&buffer[..n]);
     }

@@ -10,6 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::exec::bwrap::SandboxUnavailable;
+use crate::exec::cache::CompileCache;
+use crate::exec::{self, Executor, Limits};
 use crate::server::{self, ServerConfig, ServerModel, Token};
 
 /// Options of the headless server.
@@ -63,6 +66,20 @@ pub struct ServeArgs {
     /// Fork model: child processes alive at once; beyond that new requests are answered `busy`.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_children: usize,
+    /// CHECK, RUN and BUILD jobs one client address may have queued or running at once
+    /// [default: half the workers, at least 1].
+    #[arg(long, value_name = "N")]
+    pub max_jobs_per_peer: Option<usize>,
+    /// Wall-time limit of a compile, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub compile_time_limit_ms: u64,
+    /// Size of the compile cache on disk, in MiB (0 turns it off).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub compile_cache_mib: u64,
+    /// Serve a non-loopback address even when jobs cannot be sandboxed (bubblewrap missing or
+    /// user namespaces off): jobs then run with the server's own rights. Only for trusted clients.
+    #[arg(long)]
+    pub allow_unsandboxed: bool,
 }
 
 /// Parses `[ADDR:]PORT`: a bare port listens on every interface.
@@ -140,6 +157,17 @@ fn build_config(listen: &str, args: &ServeArgs) -> Result<(ServerConfig, bool)> 
     }
     config.model = args.model;
     config.max_children = args.max_children;
+    if let Some(limit) = args.max_jobs_per_peer {
+        if limit == 0 {
+            bail!("--max-jobs-per-peer must be at least 1, got 0");
+        }
+        config.max_jobs_per_peer = limit;
+    } else if bind.ip().is_loopback() {
+        // Every local client shares one address: a per-peer limit would only shrink the queue.
+        config.max_jobs_per_peer = usize::MAX;
+    } else {
+        config.max_jobs_per_peer = (config.workers / 2).max(1);
+    }
     Ok((config, generated))
 }
 
@@ -166,24 +194,31 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
+    let (executor, unavailable) = build_executor(args)?;
+    check_sandbox(config.bind, unavailable.as_ref(), args.allow_unsandboxed)?;
+    let executor = Arc::new(executor);
     if config.model == ServerModel::Fork {
-        let server = server::fork::bind(config).context("cannot start the server")?;
+        let server = server::fork::bind_with_executor(config, executor)
+            .context("cannot start the server")?;
         print_banner(
             server.local_addr(),
             server.token(),
             generated,
             &server.executor().language_ids(),
+            unavailable.as_ref(),
         );
         // The loop runs here, on the main thread, the only thread the fork server has.
         server.run(&stop).context("cannot run the fork server")?;
         return Ok(());
     }
-    let handle = server::start(config).context("cannot start the server")?;
+    let handle =
+        server::start_with_executor(config, executor).context("cannot start the server")?;
     print_banner(
         handle.local_addr(),
         handle.token(),
         generated,
         &handle.executor().language_ids(),
+        unavailable.as_ref(),
     );
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
@@ -197,7 +232,13 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
 }
 
 /// Tells the person (and the stress tool, which reads the first line) where the server is.
-fn print_banner(addr: SocketAddr, token: Option<&Token>, generated: bool, languages: &[String]) {
+fn print_banner(
+    addr: SocketAddr,
+    token: Option<&Token>,
+    generated: bool,
+    languages: &[String],
+    unavailable: Option<&SandboxUnavailable>,
+) {
     use std::io::Write;
     let mut text = format!("Kiln server listening on {addr}\n");
     match token {
@@ -209,10 +250,68 @@ fn print_banner(addr: SocketAddr, token: Option<&Token>, generated: bool, langua
         None => text.push_str("Token: none (loopback only)\n"),
     }
     text.push_str(&format!("Languages: {}\n", languages.join(", ")));
+    match unavailable {
+        None => text.push_str("Sandbox: bwrap\n"),
+        Some(why) => text.push_str(&format!("Sandbox: none ({why})\n")),
+    }
     // Whoever started the server may have stopped reading after the address: not a reason to die.
     let mut stdout = std::io::stdout();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+}
+
+/// The executor for the headless server: bwrap when it works, the compile limits and cache.
+fn build_executor(args: &ServeArgs) -> Result<(Executor, Option<SandboxUnavailable>)> {
+    let (executor, unavailable) =
+        exec::bwrap::detect_executor().context("cannot set up running jobs")?;
+    let mut executor = executor.with_compile_limits(Limits {
+        wall: Duration::from_millis(args.compile_time_limit_ms.max(1)),
+        cpu: Duration::from_millis(args.compile_time_limit_ms.max(1)),
+        ..Limits::compile_default()
+    });
+    if args.compile_cache_mib == 0 {
+        executor = executor.without_cache();
+    } else {
+        let dir = CompileCache::default_dir();
+        match CompileCache::open(&dir, args.compile_cache_mib.saturating_mul(1024 * 1024)) {
+            Ok(cache) => executor = executor.with_cache(cache),
+            Err(error) => {
+                eprintln!(
+                    "kiln: no compile cache: cannot use {}: {error}",
+                    dir.display()
+                );
+                executor = executor.without_cache();
+            }
+        }
+    }
+    Ok((executor, unavailable))
+}
+
+/// Refuses a non-loopback address without a working sandbox unless the operator allowed it.
+///
+/// # Errors
+/// When the server must not start, saying why and what to do.
+pub fn check_sandbox(
+    bind: SocketAddr,
+    unavailable: Option<&SandboxUnavailable>,
+    allow_unsandboxed: bool,
+) -> Result<()> {
+    let Some(why) = unavailable else {
+        return Ok(());
+    };
+    if bind.ip().is_loopback() {
+        eprintln!("kiln: warning: jobs run without a sandbox: {why}");
+        return Ok(());
+    }
+    if allow_unsandboxed {
+        eprintln!(
+            "kiln: warning: jobs on {bind} run WITHOUT a sandbox, with this server's rights (--allow-unsandboxed): {why}"
+        );
+        return Ok(());
+    }
+    bail!(
+        "refusing to serve {bind} without a sandbox: anyone with the token could run programs with this server's rights.\n{why}\nFix the sandbox, listen on 127.0.0.1 only, or pass --allow-unsandboxed if every client is trusted."
+    )
 }
 
 #[cfg(test)]
@@ -239,5 +338,45 @@ mod tests {
         );
         let error = parse_listen("http://x").expect_err("bad");
         assert!(error.to_string().contains("not a port"));
+    }
+
+    #[test]
+    fn a_public_address_needs_a_sandbox() {
+        let public: SocketAddr = "0.0.0.0:9".parse().expect("addr");
+        let loopback: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let why = SandboxUnavailable::NotInstalled;
+        let error = check_sandbox(public, Some(&why), false).expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("refusing to serve 0.0.0.0:9 without a sandbox"),
+            "{text}"
+        );
+        assert!(text.contains("apt install bubblewrap"), "{text}");
+        assert!(text.contains("--allow-unsandboxed"), "{text}");
+        assert!(check_sandbox(public, Some(&why), true).is_ok());
+        assert!(check_sandbox(loopback, Some(&why), false).is_ok());
+        assert!(check_sandbox(public, None, false).is_ok());
+    }
+
+    #[test]
+    fn jobs_per_peer_default_to_half_the_workers() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["kiln", "--server", "9"];
+            argv.extend_from_slice(extra);
+            let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(argv).expect("parses");
+            build_config("127.0.0.1:9", &cli.serve)
+        };
+        let (config, _) = parse(&["--workers", "6"]).expect("config");
+        assert_eq!(config.max_jobs_per_peer, 3);
+        let (config, _) = parse(&["--workers", "1"]).expect("config");
+        assert_eq!(config.max_jobs_per_peer, 1);
+        let (config, _) = parse(&["--max-jobs-per-peer", "5"]).expect("config");
+        assert_eq!(config.max_jobs_per_peer, 5);
+        let error = parse(&["--max-jobs-per-peer", "0"]).expect_err("zero");
+        assert!(
+            error
+                .to_string()
+                .contains("--max-jobs-per-peer must be at least 1, got 0")
+        );
     }
 }

@@ -45,6 +45,8 @@ impl JobDir {
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
         let path = self.dir.path().join(name);
         fs::write(&path, bytes)?;
+        // The job may run as another user, who must be able to read what the server wrote.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
         Ok(path)
     }
 }

@@ -3,13 +3,19 @@
 //! The server (`crate::server`) hands a parsed request to [`Executor::execute`] together with a
 //! [`JobSink`] that writes frames back to the client. The executor compiles (or syntax-checks) with the
 //! language's [`Toolchain`], then runs the program through [`process::run`] under the job's
-//! [`Limits`], inside the [`Sandbox`] the server was started with. Nothing here knows about sockets
-//! except the file descriptor the sink lends for spotting a client that went away.
+//! [`Limits`], inside the [`Sandbox`] the server was started with (`bwrap` when it works here, see
+//! [`bwrap::detect_executor`]). Compiles go through the [`cache`]. The languages are `native` (C,
+//! C++), `python` and `rust`. Nothing here knows about sockets except the file descriptor the sink
+//! lends for spotting a client that went away.
 
+pub mod bwrap;
+pub mod cache;
 pub mod jobdir;
 pub mod limits;
+pub mod native;
 pub mod process;
 pub mod python;
+pub mod rust;
 pub mod sandbox;
 
 use std::io;
@@ -223,6 +229,16 @@ pub trait Toolchain: Send + Sync {
         String::from_utf8_lossy(stderr_tail).contains("File too large")
     }
 
+    /// Directories outside the system ones (`/usr`) that the toolchain needs, read-only, inside a
+    /// sandbox.
+    fn read_only_paths(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    /// Everything besides its version and the source that decides what the compiler produces
+    /// (its flags); `None` when compiling is too cheap to cache.
+    fn cache_flags(&self) -> Option<String> {
+        None
+    }
     /// Whether a failed run's stderr shows the program ran out of memory.
     fn is_out_of_memory(&self, stderr_tail: &[u8]) -> bool {
         let text = String::from_utf8_lossy(stderr_tail);
@@ -239,6 +255,7 @@ pub struct Executor {
     sandbox: Arc<dyn Sandbox>,
     jobs_root: PathBuf,
     compile_limits: Limits,
+    cache: Option<cache::CompileCache>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -257,11 +274,7 @@ impl Executor {
     /// # Errors
     /// If the root for job directories cannot be created.
     pub fn detect(sandbox: Arc<dyn Sandbox>) -> io::Result<Executor> {
-        let languages: Vec<Arc<dyn Toolchain>> = python::Python::detect()
-            .into_iter()
-            .map(|python| Arc::new(python) as Arc<dyn Toolchain>)
-            .collect();
-        Executor::with_languages(languages, sandbox)
+        Executor::with_languages(detect_toolchains(), sandbox)
     }
 
     /// An executor with the given languages.
@@ -278,7 +291,31 @@ impl Executor {
             sandbox,
             jobs_root,
             compile_limits: Limits::compile_default(),
+            cache: None,
         })
+    }
+
+    /// Uses `limits` for compilers and syntax checks.
+    pub fn with_compile_limits(mut self, limits: Limits) -> Executor {
+        self.compile_limits = limits;
+        self
+    }
+
+    /// Keeps compiled programs in `cache`, so the same source compiles once.
+    pub fn with_cache(mut self, cache: cache::CompileCache) -> Executor {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Compiles every time.
+    pub fn without_cache(mut self) -> Executor {
+        self.cache = None;
+        self
+    }
+
+    /// The compile cache, if any.
+    pub fn cache(&self) -> Option<&cache::CompileCache> {
+        self.cache.as_ref()
     }
 
     /// The languages this executor can run.
@@ -321,6 +358,11 @@ impl Executor {
         if let Err(error) = dir.write_file(&source_name, &input.source) {
             return Outcome::internal(format!("cannot write the source: {error}"));
         }
+        // Held until the job ends: the user the sandbox runs this job as.
+        let _user = match self.sandbox.prepare(dir.path()) {
+            Ok(user) => user,
+            Err(error) => return Outcome::internal(format!("cannot prepare the sandbox: {error}")),
+        };
         let ctx = JobContext {
             dir: &dir,
             input,
@@ -328,7 +370,7 @@ impl Executor {
             compile_limits: self.compile_limits.clone(),
         };
         let started = Instant::now();
-        let compiled = toolchain.compile(&ctx, sink);
+        let compiled = cache::compile(self.cache.as_ref(), toolchain.as_ref(), &ctx, sink);
         let compile_ms = millis(started.elapsed());
         if let Some(mut stopped) = compiled.stopped {
             stopped.compile_ms = compile_ms;
@@ -360,7 +402,9 @@ impl Executor {
                         return Outcome::internal(format!("cannot write stdin: {error}"));
                     }
                 };
-                let command = toolchain.run_command(&ctx, &compiled);
+                let mut command = toolchain.run_command(&ctx, &compiled);
+                // What the program writes is scratch, bounded like one file.
+                command.scratch = Some(input.limits.file_size);
                 let mut outcome =
                     run_program(toolchain.as_ref(), &ctx, &command, &stdin_path, sink);
                 outcome.compile_ms = compile_ms;
@@ -463,6 +507,24 @@ fn run_program(
         _ => None,
     };
     outcome
+}
+
+/// The languages found on this machine, in the order INFO lists them.
+pub fn detect_toolchains() -> Vec<Arc<dyn Toolchain>> {
+    let mut languages: Vec<Arc<dyn Toolchain>> = Vec::new();
+    if let Some(c) = native::Native::detect(native::Dialect::C) {
+        languages.push(Arc::new(c));
+    }
+    if let Some(cpp) = native::Native::detect(native::Dialect::Cpp) {
+        languages.push(Arc::new(cpp));
+    }
+    if let Some(python) = python::Python::detect() {
+        languages.push(Arc::new(python));
+    }
+    if let Some(rust) = rust::Rust::detect() {
+        languages.push(Arc::new(rust));
+    }
+    languages
 }
 
 /// Decides the verdict of a finished run from how it ended and which limit stopped it.

@@ -1,15 +1,16 @@
 //! Starting one process tree under limits, streaming its output, and ending it whatever it does.
 //!
 //! The process gets its own session (so its process group can be killed as one), rlimits set between
-//! fork and exec, and a parent-death signal. One thread polls its stdout, stderr and the client's
-//! socket: output is forwarded as it arrives, the wall clock is checked on every wake, and a client
-//! that hangs up cancels the run. Whatever ends the run, the whole process group is killed and the
-//! main process reaped with its resource usage.
+//! fork and exec, no inherited descriptors, and a parent-death signal. One thread polls its stdout,
+//! stderr, a pidfd of the process and the client's socket: output is forwarded as it arrives, the
+//! wall clock is checked on every wake, and a client that hangs up cancels the run. Whatever ends
+//! the run, the whole process group is killed and the main process reaped with its resource usage.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +29,10 @@ pub struct CommandSpec {
     pub args: Vec<OsString>,
     /// Environment variables on top of the sandbox's minimal set.
     pub env: Vec<(OsString, OsString)>,
+    /// `None` for a compiler, whose files in the job directory must outlive it; `Some(bytes)` for a
+    /// user's program, which a sandbox may give a private scratch copy of the directory of at most
+    /// that many bytes, discarded when it ends (so no program can fill the disk).
+    pub scratch: Option<u64>,
 }
 
 impl CommandSpec {
@@ -40,6 +45,7 @@ impl CommandSpec {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
             env: Vec::new(),
+            scratch: None,
         }
     }
 
@@ -127,7 +133,7 @@ const STDERR_TAIL: usize = 4096;
 /// How long to wait for the rest of a piece of output before sending what arrived.
 const COALESCE_MS: i32 = 2;
 const READ_CHUNK: usize = 64 * 1024;
-/// How long to keep reading pipes after the main process exits (children may still hold them).
+/// How long to keep reading what is already in the pipes once the main process has ended.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Runs `spec` in `dir` under `limits`; with `stream` the output goes to `sink` as it arrives,
@@ -152,7 +158,9 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let rlimits = RlimitPlan::new(limits);
+    // The job runs as the owner of its directory (see `Sandbox::prepare`).
+    let job_uid = std::fs::metadata(dir)?.uid();
+    let rlimits = RlimitPlan::new(limits, job_uid);
     // SAFETY: the closure only makes async-signal-safe system calls (setsid, prctl, setrlimit).
     unsafe {
         command.pre_exec(move || rlimits.apply_in_child());
@@ -170,7 +178,9 @@ pub fn run(
         .take()
         .map(|pipe| File::from(std::os::fd::OwnedFd::from(pipe)));
     let mut runner = Runner {
+        sandbox,
         pid,
+        pidfd: pidfd_open(pid),
         started,
         limits,
         sink,
@@ -203,6 +213,16 @@ pub fn run(
     Ok(outcome)
 }
 
+/// A pidfd for `pid`, if the kernel has them.
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes no pointers; the descriptor it returns is ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// Kills the process group when dropped, so no path out of the runner leaves processes behind.
 struct GroupGuard {
     pgid: i32,
@@ -232,15 +252,15 @@ struct RlimitPlan {
 }
 
 impl RlimitPlan {
-    fn new(limits: &Limits) -> Self {
+    fn new(limits: &Limits, uid: u32) -> Self {
         let cpu_secs = limits.cpu.as_secs() + u64::from(limits.cpu.subsec_nanos() > 0);
         RlimitPlan {
             cpu_secs: cpu_secs.max(1),
             address_space: limits.memory_mib.saturating_mul(1024 * 1024),
             // RLIMIT_NPROC counts every process of the user, not just the job's, so the budget is
-            // on top of what the user already runs (a sandbox running jobs as their own user makes
-            // this exact).
-            processes: user_process_count().saturating_add(limits.processes),
+            // on top of what the user already runs (a sandbox running each job as its own user
+            // makes this exact).
+            processes: user_process_count(uid).saturating_add(limits.processes),
             file_size: limits.file_size,
             open_files: limits.open_files,
         }
@@ -272,6 +292,7 @@ impl RlimitPlan {
         set(libc::RLIMIT_FSIZE, self.file_size, self.file_size)?;
         set(libc::RLIMIT_NOFILE, self.open_files, self.open_files)?;
         set(libc::RLIMIT_CORE, 0, 0)?;
+        close_inherited_fds();
         Ok(())
     }
 }
@@ -288,10 +309,29 @@ fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
     ready > 0 && pollfd.revents & libc::POLLIN != 0
 }
 
-/// How many processes the current real user runs now.
-fn user_process_count() -> u64 {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+/// Marks every descriptor above stderr close-on-exec, so the program inherits nothing the server
+/// (or whoever started the server) left open without that flag.
+fn close_inherited_fds() {
+    // SAFETY: close_range and fcntl are async-signal-safe system calls without pointers.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        // Kernels before 5.11: walk the usual range by hand.
+        for fd in 3..4096 {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// How many processes the user `uid` runs now.
+pub fn user_process_count(uid: u32) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -302,7 +342,6 @@ fn user_process_count() -> u64 {
             continue;
         }
         if let Ok(meta) = std::fs::metadata(entry.path()) {
-            use std::os::unix::fs::MetadataExt;
             if meta.uid() == uid {
                 count += 1;
             }
@@ -311,8 +350,14 @@ fn user_process_count() -> u64 {
     count
 }
 
+/// Marks the pidfd among the polled descriptors.
+const EXIT_OWNER: usize = usize::MAX;
+
 struct Runner<'a> {
+    sandbox: &'a dyn Sandbox,
     pid: i32,
+    /// A descriptor that turns readable when the main process ends (Linux 5.3+).
+    pidfd: Option<std::os::fd::OwnedFd>,
     started: Instant,
     limits: &'a Limits,
     sink: &'a mut dyn JobSink,
@@ -335,9 +380,11 @@ impl Runner<'_> {
                 kill_group(self.pid);
             }
             let pipes_open = self.pipes.iter().any(Option::is_some);
-            if let Some(at) = exited_at
-                && (!pipes_open || at.elapsed() >= DRAIN_AFTER_EXIT)
-            {
+            if exited_at.is_some() {
+                // Everything the program wrote before it ended is in the pipes now. What is left
+                // of its tree dies with the job, so its end of the pipes is not waited for (a
+                // sandbox's init may hold them a while longer).
+                self.drain_ready();
                 break;
             }
             let now = Instant::now();
@@ -418,11 +465,11 @@ impl Runner<'_> {
             }
             return false;
         }
-        self.outcome.exit = if libc::WIFSIGNALED(status) {
+        self.outcome.exit = self.sandbox.decode_exit(if libc::WIFSIGNALED(status) {
             ExitKind::Signal(libc::WTERMSIG(status))
         } else {
             ExitKind::Code(libc::WEXITSTATUS(status))
-        };
+        });
         let time = |tv: libc::timeval| {
             Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0))
                 + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))
@@ -432,9 +479,45 @@ impl Runner<'_> {
         true
     }
 
+    /// Reads what the pipes hold now, without waiting for more (bounded in time, in case
+    /// something outside the job's process group still writes).
+    fn drain_ready(&mut self) {
+        let until = Instant::now() + DRAIN_AFTER_EXIT;
+        while Instant::now() < until {
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
+            let mut owners: Vec<usize> = Vec::with_capacity(2);
+            for (index, pipe) in self.pipes.iter().enumerate() {
+                if let Some(file) = pipe {
+                    fds.push(libc::pollfd {
+                        fd: file.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    owners.push(index);
+                }
+            }
+            if fds.is_empty() {
+                return;
+            }
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            if ready <= 0 {
+                return;
+            }
+            for (pollfd, index) in fds.iter().zip(owners) {
+                if pollfd.revents & libc::POLLIN != 0 {
+                    self.read_pipe(index);
+                } else if pollfd.revents != 0 {
+                    // Hung up with nothing left to read.
+                    self.pipes[index] = None;
+                }
+            }
+        }
+    }
+
     fn wait_and_read(&mut self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
-        let mut owners: Vec<Option<usize>> = Vec::with_capacity(3);
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+        let mut owners: Vec<Option<usize>> = Vec::with_capacity(4);
         for (index, pipe) in self.pipes.iter().enumerate() {
             if let Some(file) = pipe {
                 fds.push(libc::pollfd {
@@ -444,6 +527,16 @@ impl Runner<'_> {
                 });
                 owners.push(Some(index));
             }
+        }
+        // The main process's pidfd turns readable when it ends: the loop then reaps it at once
+        // instead of waiting for the pipes (which its descendants may still hold).
+        if let Some(pidfd) = &self.pidfd {
+            fds.push(libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            owners.push(Some(EXIT_OWNER));
         }
         let peer: Option<RawFd> = self.sink.peer_fd();
         if let Some(fd) = peer
@@ -467,6 +560,7 @@ impl Runner<'_> {
                 continue;
             }
             match owner {
+                Some(EXIT_OWNER) => {}
                 Some(index) => self.read_pipe(index),
                 None => {
                     // The client closed its sending side: maybe it only half-closed (nc -N),

@@ -44,6 +44,9 @@ with open(out, 'wb') as f:
 pub struct Python {
     executable: PathBuf,
     version: String,
+    /// `sys.prefix` and `sys.base_prefix`: what a sandbox must show the job (it may live in a home
+    /// directory the job cannot otherwise see, as pyenv's does).
+    prefixes: Vec<PathBuf>,
 }
 
 impl Python {
@@ -53,7 +56,7 @@ impl Python {
         let output = Command::new("python3")
             .args([
                 "-c",
-                "import sys, platform; print(sys.executable); print(platform.python_version())",
+                "import sys, platform; print(sys.executable); print(platform.python_version()); print(sys.prefix); print(sys.base_prefix)",
             ])
             .output()
             .ok()?;
@@ -65,9 +68,18 @@ impl Python {
         let executable = PathBuf::from(lines.next()?.trim());
         let version = lines.next()?.trim().to_owned();
         let executable = std::fs::canonicalize(&executable).unwrap_or(executable);
+        let mut prefixes: Vec<PathBuf> = Vec::new();
+        for line in lines.take(2) {
+            let prefix = PathBuf::from(line.trim());
+            let prefix = std::fs::canonicalize(&prefix).unwrap_or(prefix);
+            if !prefixes.contains(&prefix) {
+                prefixes.push(prefix);
+            }
+        }
         Some(Python {
             executable,
             version,
+            prefixes,
         })
     }
 
@@ -93,6 +105,16 @@ impl Toolchain for Python {
 
     fn version(&self) -> &str {
         &self.version
+    }
+
+    fn read_only_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.prefixes.clone();
+        if let Some(dir) = self.executable.parent()
+            && !paths.iter().any(|prefix| dir.starts_with(prefix))
+        {
+            paths.push(dir.to_path_buf());
+        }
+        paths
     }
 
     fn source_file_name(&self, requested: Option<&str>) -> String {
@@ -176,6 +198,7 @@ impl Toolchain for Python {
             program: self.executable.clone(),
             args,
             env: Vec::new(),
+            scratch: None,
         }
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONIOENCODING", "utf-8")

@@ -8,6 +8,7 @@
 //! the main thread, forking a child per request instead of queueing it.
 
 pub mod fork;
+pub mod peers;
 mod queue;
 mod reader;
 pub mod stats;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
-use crate::exec::{Executor, Limits, NoSandbox};
+use crate::exec::{Executor, Limits};
 use crate::protocol::ParseLimits;
 pub use stats::Stats;
 pub use token::Token;
@@ -64,6 +65,8 @@ pub struct ServerConfig {
     pub model: ServerModel,
     /// Fork model: children alive at once before new requests are answered `busy`.
     pub max_children: usize,
+    /// CHECK, RUN and BUILD jobs one client address may have queued or running at once.
+    pub max_jobs_per_peer: usize,
 }
 
 /// How a server runs requests.
@@ -109,12 +112,18 @@ impl ServerConfig {
             backlog: MIN_BACKLOG,
             model: ServerModel::Pool,
             max_children: 1024,
+            max_jobs_per_peer: (workers / 2).max(1),
         }
     }
 
     /// Defaults on 127.0.0.1 with a free port.
+    ///
+    /// Every client of a loopback server shares one address, so the per-peer job limit would
+    /// only be a second, smaller queue limit: it is off here.
     pub fn loopback() -> Self {
-        ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.max_jobs_per_peer = usize::MAX;
+        config
     }
 }
 
@@ -144,6 +153,8 @@ pub(crate) struct Shared {
     pub executor: Arc<Executor>,
     pub stats: Stats,
     pub queue: queue::JobQueue,
+    /// Jobs per client address.
+    pub peers: Arc<peers::PeerJobs>,
     /// Set when a stop was requested: new requests get `unavailable`.
     pub stopping: AtomicBool,
     /// Set when the grace period is over: running jobs are cancelled.
@@ -161,6 +172,7 @@ impl Shared {
     fn new(config: ServerConfig, executor: Arc<Executor>) -> Shared {
         Shared {
             queue: queue::JobQueue::new(config.queue_capacity.max(1)),
+            peers: peers::PeerJobs::new(config.max_jobs_per_peer),
             config,
             executor,
             stats: Stats::default(),
@@ -190,12 +202,17 @@ pub struct ServerHandle {
     stopped: Arc<Mutex<bool>>,
 }
 
-/// Starts a server with the languages found on this machine and no sandbox.
+/// Starts a server with the languages found on this machine, sandboxed with bubblewrap when it
+/// works here and unsandboxed otherwise (fine on loopback; `kiln --server` insists on a sandbox
+/// for other addresses).
 ///
 /// # Errors
 /// If the address cannot be bound or a thread cannot start.
 pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
-    let executor = Executor::detect(Arc::new(NoSandbox))?;
+    let (executor, unavailable) = crate::exec::bwrap::detect_executor()?;
+    if let Some(why) = unavailable {
+        tracing::warn!(reason = %why, "running jobs without a sandbox");
+    }
     start_with_executor(config, Arc::new(executor))
 }
 

@@ -20,6 +20,9 @@ pub struct QueuedJob {
     pub accepted_at: Instant,
     /// When the request was complete and queued.
     pub queued_at: Instant,
+    /// The job's place in its client's count of jobs (none for PING, INFO, STATS); freed when the
+    /// job is dropped.
+    pub peer_slot: Option<super::peers::PeerSlot>,
 }
 
 #[derive(Debug, Default)]

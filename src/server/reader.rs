@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Shared;
+use super::peers::PeerSlot;
 use super::queue::QueuedJob;
 use crate::protocol::request::Progress;
 use crate::protocol::{ErrorCode, ParseError, Request, RequestParser, Status};
@@ -56,6 +57,8 @@ struct Conn {
     registered: bool,
     /// A whole request for the queue, handed over when the loop lets go of the connection.
     ready: Option<Request>,
+    /// The client's share of the per-peer job limit, held until its job ends.
+    peer_slot: Option<PeerSlot>,
 }
 
 /// Where whole requests go.
@@ -251,6 +254,7 @@ impl EventLoop {
             received: 0,
             registered: false,
             ready: None,
+            peer_slot: None,
         };
         // Most clients send the request with the connection: read it now and watch the socket only
         // if more is to come, which spares two epoll_ctl calls and a loop round per request.
@@ -407,8 +411,31 @@ impl EventLoop {
         if matches!(self.dispatch, Dispatch::Fork(_)) {
             return self.fork_request(conn);
         }
+        let takes_worker_time = conn
+            .parser
+            .as_ref()
+            .and_then(RequestParser::head)
+            .is_some_and(|head| head.intent().takes_language());
+        if takes_worker_time {
+            match self.shared.peers.try_acquire(conn.peer.ip()) {
+                Some(slot) => conn.peer_slot = Some(slot),
+                None => {
+                    let limit = self.shared.peers.limit();
+                    let status = Status::error(
+                        ErrorCode::Busy,
+                        format!(
+                            "this client ({}) already has {limit} jobs queued or running, the most one client may have (--max-jobs-per-peer {limit}); wait for one to finish",
+                            conn.peer.ip()
+                        ),
+                    );
+                    self.refuse(conn, status);
+                    return true;
+                }
+            }
+        }
         // Only this thread adds to the queue, so room seen now is still there at the push.
         if self.shared.queue.is_full() {
+            conn.peer_slot = None;
             let status = Status::error(
                 ErrorCode::Busy,
                 format!(
@@ -435,6 +462,7 @@ impl EventLoop {
             request,
             accepted_at: conn.accepted_at,
             queued_at: Instant::now(),
+            peer_slot: conn.peer_slot,
         };
         if let Err(job) = self.shared.queue.try_push(job) {
             // The queue closed in between: the server is stopping.

@@ -43,6 +43,7 @@ pub(super) fn handle(shared: &Shared, job: QueuedJob) -> bool {
         request,
         accepted_at,
         queued_at,
+        peer_slot,
     } = job;
     let started = Instant::now();
     let id = shared.next_job_id();
@@ -92,6 +93,8 @@ pub(super) fn handle(shared: &Shared, job: QueuedJob) -> bool {
             }
         }
     };
+    // The job is over: its client may start another as soon as it reads the result.
+    drop(peer_slot);
     let result_sent = finish(&mut sink, &outcome);
     let served = !matches!(
         (outcome.verdict, result_sent),
@@ -186,6 +189,7 @@ fn info_fields(shared: &Shared) -> Fields {
         .push("output-limit-bytes", config.run_defaults.output_bytes)
         .push("file-size-limit-bytes", config.run_defaults.file_size)
         .push("process-limit", config.run_defaults.processes)
+        .push("max-jobs-per-peer", config.max_jobs_per_peer)
         .push("header-timeout-ms", config.header_timeout.as_millis())
         .push("body-timeout-ms", config.body_timeout.as_millis());
     for language in executor.languages() {

@@ -173,3 +173,15 @@ pub fn job_dirs(handle: &ServerHandle) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// One read, retried when a signal interrupts it (sockets with a read timeout return EINTR even
+/// for handlers installed with SA_RESTART).
+pub fn read_some(stream: &mut TcpStream, buffer: &mut [u8]) -> usize {
+    loop {
+        match stream.read(buffer) {
+            Ok(n) => return n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => panic!("read failed: {error}"),
+        }
+    }
+}

@@ -168,6 +168,8 @@ impl EventLoop {
                 request,
                 accepted_at: conn.accepted_at,
                 queued_at: Instant::now(),
+                // The fork model bounds work with --max-children rather than per client.
+                peer_slot: None,
             };
             if worker::handle(&self.shared, job) {
                 EXIT_SERVED
