@@ -57,6 +57,22 @@ pub struct ServeArgs {
     /// How long running jobs may finish after SIGINT/SIGTERM, in ms.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub grace_ms: u64,
+    /// Join a cluster as node ID (needs --peers).
+    #[arg(long, value_name = "ID", requires = "peers")]
+    pub node: Option<u32>,
+    /// The cluster's nodes, `ID=HOST:PORT,...` (static membership; this node's entry may appear).
+    #[arg(long, value_name = "ID=HOST:PORT,...", requires = "node")]
+    pub peers: Option<String>,
+    /// The node's JSON-lines event log [default: $XDG_STATE_HOME/kiln/cluster-node-ID.log].
+    #[arg(long, value_name = "FILE", requires = "node")]
+    pub cluster_log: Option<PathBuf>,
+    /// The node's persistent state (term, vote) [default: next to the default log].
+    #[arg(long, value_name = "FILE", requires = "node")]
+    pub cluster_state: Option<PathBuf>,
+    /// Cluster heartbeat period in ms; failure detection and leases scale with it (same on
+    /// every node).
+    #[arg(long, value_name = "MS", default_value_t = 100, requires = "node")]
+    pub heartbeat_ms: u64,
 }
 
 /// Parses `[ADDR:]PORT`: a bare port listens on every interface.
@@ -129,6 +145,37 @@ fn build_config(listen: &str, args: &ServeArgs) -> Result<(ServerConfig, bool)> 
     config.header_timeout = Duration::from_millis(args.header_timeout_ms.max(1));
     config.body_timeout = Duration::from_millis(args.body_timeout_ms.max(1));
     config.grace = Duration::from_millis(args.grace_ms);
+    if let (Some(node), Some(peers)) = (args.node, &args.peers) {
+        if generated {
+            bail!(
+                "a cluster node on a non-loopback address needs the cluster's shared token: pass the same --token or --token-file to every node"
+            );
+        }
+        if !(10..=10_000).contains(&args.heartbeat_ms) {
+            bail!(
+                "--heartbeat-ms must be between 10 and 10000, got {}",
+                args.heartbeat_ms
+            );
+        }
+        let id = crate::cluster::NodeId(node);
+        let peers = crate::cluster::parse_peers(peers)?;
+        let mut cluster = crate::cluster::ClusterConfig::new(id, peers)?;
+        cluster.token = config.token.as_ref().map(|token| token.as_str().to_owned());
+        cluster.timing = crate::cluster::runtime::timing_for_heartbeat(args.heartbeat_ms);
+        if let Some(path) = &args.cluster_log {
+            cluster.log_path.clone_from(path);
+        }
+        match &args.cluster_state {
+            Some(path) => cluster.state_path.clone_from(path),
+            None if args.cluster_log.is_some() => {
+                let mut path = cluster.log_path.clone().into_os_string();
+                path.push(".state.json");
+                cluster.state_path = PathBuf::from(path);
+            }
+            None => {}
+        }
+        config.cluster = Some(cluster);
+    }
     Ok((config, generated))
 }
 
@@ -169,6 +216,15 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
         println!("Token: none (loopback only)");
     }
     println!("Languages: {}", handle.executor().language_ids().join(", "));
+    if let Some(cluster) = handle.cluster() {
+        let config = cluster.config();
+        println!(
+            "Cluster: node {} of {} nodes; log {}",
+            config.id,
+            config.others().count() + 1,
+            config.log_path.display()
+        );
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     while !stop.load(Ordering::SeqCst) {

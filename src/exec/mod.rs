@@ -95,6 +95,8 @@ pub struct JobInput {
     pub file_name: Option<String>,
     /// Limits for the run phase, already clamped to the server's maximum.
     pub limits: Limits,
+    /// Extra environment variables for the run phase (`KILN_FENCE` for exclusive jobs).
+    pub env: Vec<(String, String)>,
 }
 
 /// How a job ended, as sent in the `result` frame.
@@ -360,7 +362,13 @@ impl Executor {
                         return Outcome::internal(format!("cannot write stdin: {error}"));
                     }
                 };
-                let command = toolchain.run_command(&ctx, &compiled);
+                let mut command = toolchain.run_command(&ctx, &compiled);
+                command.env.extend(
+                    input
+                        .env
+                        .iter()
+                        .map(|(key, value)| (key.into(), value.into())),
+                );
                 let mut outcome =
                     run_program(toolchain.as_ref(), &ctx, &command, &stdin_path, sink);
                 outcome.compile_ms = compile_ms;

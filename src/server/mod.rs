@@ -4,8 +4,10 @@
 //! accepts connections and reads requests with deadlines, so a slow or stalled client costs no
 //! worker; `queue` is the bounded job queue (Mutex + Condvar) between the reader and the workers;
 //! `worker` runs one request on a worker thread and writes its answer. `token` holds the shared
-//! secret. Jobs themselves run through `crate::exec`.
+//! secret. Jobs themselves run through `crate::exec`. `cluster` connects the server to cluster mode
+//! (`crate::cluster`) when `ServerConfig::cluster` is set.
 
+mod cluster;
 mod queue;
 mod reader;
 pub mod stats;
@@ -58,6 +60,8 @@ pub struct ServerConfig {
     pub unauthorized_delay: Duration,
     /// Listen backlog.
     pub backlog: i32,
+    /// Join a cluster as this node (`--node`, `--peers`); `None` for a lone server.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl ServerConfig {
@@ -82,6 +86,7 @@ impl ServerConfig {
             grace: Duration::from_secs(10),
             unauthorized_delay: Duration::from_millis(250),
             backlog: MIN_BACKLOG,
+            cluster: None,
         }
     }
 
@@ -126,6 +131,8 @@ pub(crate) struct Shared {
     pub instance: u16,
     pub next_job: AtomicU64,
     pub started: Instant,
+    /// The cluster runtime, when the server is a cluster node.
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 impl Shared {
@@ -167,6 +174,10 @@ pub fn start_with_executor(
     }
     let listener = listen(config.bind, config.backlog.max(MIN_BACKLOG))?;
     let addr = listener.local_addr()?;
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::ClusterHandle::start(cluster.clone())?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         queue: queue::JobQueue::new(config.queue_capacity.max(1)),
         config,
@@ -178,6 +189,7 @@ pub fn start_with_executor(
         instance: rand::random(),
         next_job: AtomicU64::new(0),
         started: Instant::now(),
+        cluster,
     });
     let mut workers = Vec::new();
     for index in 0..shared.config.workers {
@@ -242,6 +254,11 @@ impl ServerHandle {
         &self.shared.stats
     }
 
+    /// The cluster runtime, when the server is a cluster node.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterHandle> {
+        self.shared.cluster.as_ref()
+    }
+
     /// The executor (languages, sandbox).
     pub fn executor(&self) -> &Arc<Executor> {
         &self.shared.executor
@@ -277,6 +294,9 @@ impl ServerHandle {
         self.shared.reader_exit.store(true, Ordering::SeqCst);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.shutdown();
         }
         tracing::info!("server stopped");
     }

@@ -362,6 +362,10 @@ impl EventLoop {
         let Some(request) = conn.parser.take().and_then(RequestParser::into_request) else {
             return false;
         };
+        if request.head.intent().is_cluster() {
+            // Cluster traffic must never wait behind jobs in the queue.
+            return self.route_cluster(conn, request);
+        }
         // The queued copy shares the socket; the loop's copy is dropped once the job is queued.
         let Ok(stream) = conn.stream.try_clone() else {
             self.refuse(
@@ -400,6 +404,41 @@ impl EventLoop {
         );
         self.refuse(conn, status);
         true
+    }
+
+    /// Answers a peer's cluster message at once, or hands a status or log request to the cluster
+    /// runtime's own thread.
+    fn route_cluster(&mut self, conn: &mut Conn, request: crate::protocol::Request) -> bool {
+        match super::cluster::route(&self.shared, request) {
+            super::cluster::Route::Answer(bytes) => {
+                // A whole answer is a few dozen bytes: it fits in any socket buffer.
+                let _ = conn.stream.write_all(&bytes);
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                conn.state = ConnState::Draining {
+                    until: Instant::now() + DRAIN_TIME,
+                    discarded: 0,
+                };
+                true
+            }
+            super::cluster::Route::Refuse(status) => {
+                self.refuse(conn, status);
+                true
+            }
+            super::cluster::Route::Handoff(request) => {
+                let Some(cluster) = &self.shared.cluster else {
+                    return false;
+                };
+                let Ok(stream) = conn.stream.try_clone() else {
+                    return false;
+                };
+                self.deregister(conn.stream.as_raw_fd());
+                if stream.set_nonblocking(false).is_err() {
+                    return false;
+                }
+                cluster.serve(stream, request);
+                false
+            }
+        }
     }
 
     fn refuse_parse(&mut self, conn: &mut Conn, error: &ParseError) {

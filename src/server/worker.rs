@@ -77,8 +77,13 @@ fn handle(shared: &Shared, job: QueuedJob) {
                     args: head.args.clone(),
                     file_name: head.file_name.clone(),
                     limits,
+                    env: Vec::new(),
                 };
-                shared.executor.execute(&input, &mut sink)
+                super::cluster::execute_job(shared, &id, &request, input, &mut sink)
+            }
+            Intent::Cluster | Intent::ClusterStatus | Intent::ClusterLog => {
+                // The acceptor routes these to the cluster runtime; never queued.
+                Outcome::internal(format!("{intent} reached a job worker"))
             }
         }
     };
@@ -171,6 +176,7 @@ fn info_fields(shared: &Shared) -> Fields {
         .push("process-limit", config.run_defaults.processes)
         .push("header-timeout-ms", config.header_timeout.as_millis())
         .push("body-timeout-ms", config.body_timeout.as_millis());
+    super::cluster::push_info(shared, &mut fields);
     for language in executor.languages() {
         fields.push(
             "language",
