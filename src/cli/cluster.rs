@@ -154,7 +154,11 @@ pub fn format_status(status: &ClusterStatus) -> String {
             out,
             "{:<5} {:<22} {:<11} {:<21} {:>5} {:>7} {:>9}",
             node.id.to_string(),
-            if node.addr.is_empty() { "-" } else { &node.addr },
+            if node.addr.is_empty() {
+                "-"
+            } else {
+                &node.addr
+            },
             if node.reachable { "yes" } else { "no" },
             role,
             term,
@@ -377,7 +381,9 @@ fn up(args: &UpArgs) -> Result<ExitCode> {
             .context("cannot install signal handlers")?;
     }
     let started = Instant::now();
-    let deadline = args.for_secs.map(|secs| started + Duration::from_secs(secs));
+    let deadline = args
+        .for_secs
+        .map(|secs| started + Duration::from_secs(secs));
     let interval = Duration::from_millis(args.interval_ms.max(100));
     let live = !args.quiet;
     let clear = live && std::io::stdout().is_terminal();

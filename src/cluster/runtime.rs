@@ -189,6 +189,8 @@ enum Command {
 #[derive(Debug)]
 struct Published {
     status: NodeStatus,
+    /// Peers the latest send to failed.
+    unreachable: Vec<NodeId>,
     grants: HashMap<RequestId, FencingToken>,
     lost: HashSet<RequestId>,
 }
@@ -255,6 +257,7 @@ impl ClusterHandle {
         let inner = Arc::new(Inner {
             published: Mutex::new(Published {
                 status: node.status(monotonic_ms()),
+                unreachable: Vec::new(),
                 grants: HashMap::new(),
                 lost: HashSet::new(),
             }),
@@ -349,9 +352,28 @@ impl ClusterHandle {
             }
             let waited = started.elapsed();
             if waited >= timeout {
-                let situation = describe_wait(&published.status, self.inner.config.peers.len());
+                let status = published.status.clone();
+                let unreachable = published.unreachable.clone();
                 drop(published);
                 self.release(request_id);
+                // A follower cannot tell whether its coordinator still has a majority: ask it.
+                let leader_status = status
+                    .leader
+                    .filter(|&leader| leader != status.id)
+                    .and_then(|leader| self.inner.config.others().find(|p| p.id == leader))
+                    .and_then(|peer| {
+                        let client =
+                            Client::new(peer.addr.clone(), self.inner.config.token.clone())
+                                .with_connect_timeout(PEER_STATUS_TIMEOUT)
+                                .with_read_timeout(Some(PEER_STATUS_TIMEOUT));
+                        remote::fetch_node_status(&client).ok()
+                    });
+                let situation = describe_wait(
+                    &status,
+                    leader_status.as_ref(),
+                    &unreachable,
+                    self.inner.config.others().count() + 1,
+                );
                 return Err(LockError::Timeout {
                     waited_ms: crate::exec::millis(waited),
                     situation,
@@ -460,11 +482,35 @@ fn write_state(path: &Path, state: &PersistentState) -> io::Result<()> {
     fs::rename(&temporary, path)
 }
 
-fn describe_wait(status: &NodeStatus, cluster_size: usize) -> String {
+/// Says why a lock wait ran out. `leader_status` is what the believed coordinator said about
+/// itself when asked, if it answered.
+fn describe_wait(
+    status: &NodeStatus,
+    leader_status: Option<&NodeStatus>,
+    unreachable: &[NodeId],
+    cluster_size: usize,
+) -> String {
     let majority = cluster_size / 2 + 1;
+    let answering = cluster_size - unreachable.len();
+    if answering < majority {
+        let names: Vec<String> = unreachable.iter().map(ToString::to_string).collect();
+        return format!(
+            "node {} cannot reach nodes {}, so only {answering} of {cluster_size} nodes answer and there is no acting coordinator (that needs a majority, {majority})",
+            status.id,
+            names.join(", ")
+        );
+    }
     match status.leader {
+        Some(leader) if leader == status.id && !status.acting => format!(
+            "node {leader} claims term {} but there is no acting coordinator: no majority ({majority} of {cluster_size} nodes) acknowledges it",
+            status.term
+        ),
+        Some(leader) if leader_status.is_some_and(|l| !l.acting) => format!(
+            "node {leader} claims term {} but there is no acting coordinator: no majority ({majority} of {cluster_size} nodes) acknowledges it",
+            status.term
+        ),
         None => format!(
-            "node {} knows no acting coordinator (one needs a majority, {majority} of {cluster_size} nodes, to answer)",
+            "node {} knows no acting coordinator (electing one needs a majority, {majority} of {cluster_size} nodes)",
             status.id
         ),
         Some(leader) => format!(
@@ -582,8 +628,10 @@ impl Runner {
 
     fn publish(&self) {
         let status = self.node.status(monotonic_ms());
+        let unreachable = self.senders.unreachable();
         if let Ok(mut published) = self.inner.published.lock() {
             published.status = status;
+            published.unreachable = unreachable;
         }
     }
 }

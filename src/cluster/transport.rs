@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,7 +49,11 @@ pub fn envelope_head(envelope: &Envelope, token: Option<&str>) -> RequestHead {
     let mut head = RequestHead::new(Intent::Cluster);
     head.token = token.map(str::to_owned);
     for (key, value) in envelope.to_fields() {
-        let key = if key == "from" { "node".to_owned() } else { key };
+        let key = if key == "from" {
+            "node".to_owned()
+        } else {
+            key
+        };
         head.extra.push((header_name(&key), value));
     }
     head
@@ -65,7 +69,11 @@ pub fn envelope_from_head(head: &RequestHead) -> Result<Envelope, FieldsError> {
         .iter()
         .map(|(key, value)| {
             let key = key.to_ascii_lowercase();
-            let key = if key == "node" { "from".to_owned() } else { key };
+            let key = if key == "node" {
+                "from".to_owned()
+            } else {
+                key
+            };
             (key, value.clone())
         })
         .collect();
@@ -131,6 +139,8 @@ struct PeerQueue {
     addr: String,
     state: Mutex<QueueState>,
     ready: Condvar,
+    /// Whether the latest send to this peer succeeded.
+    reachable: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +186,7 @@ impl PeerSenders {
                 addr: addr.clone(),
                 state: Mutex::new(QueueState::default()),
                 ready: Condvar::new(),
+                reachable: AtomicBool::new(true),
             });
             let thread = {
                 let queue = Arc::clone(&queue);
@@ -210,6 +221,15 @@ impl PeerSenders {
         }
         state.envelopes.push_back(envelope);
         queue.ready.notify_one();
+    }
+
+    /// The peers whose latest send failed.
+    pub fn unreachable(&self) -> Vec<NodeId> {
+        self.queues
+            .iter()
+            .filter(|queue| !queue.reachable.load(Ordering::Relaxed))
+            .map(|queue| queue.peer)
+            .collect()
     }
 
     /// What the senders did so far.
@@ -274,12 +294,14 @@ fn run_sender(queue: &PeerQueue, token: Option<&str>, counters: &SendCounters) {
         };
         match result {
             Ok(()) => {
+                queue.reachable.store(true, Ordering::Relaxed);
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 if last_error_logged.take().is_some() {
                     tracing::info!(peer = %queue.peer, addr = %queue.addr, "peer reachable again");
                 }
             }
             Err(error) => {
+                queue.reachable.store(false, Ordering::Relaxed);
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 resolved = None;
                 // Log a peer going away once, not every heartbeat.
