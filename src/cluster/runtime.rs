@@ -667,7 +667,11 @@ fn answer(inner: &Inner, mut stream: TcpStream, request: &Request) {
                 Some(serde_json::to_vec(&gather_status(inner)))
             };
             match body {
-                Some(Ok(body)) => (remote::STATUS_CHANNEL, body, Verdict::Ok),
+                Some(Ok(mut body)) => {
+                    // One line, ending like a line, for people reading with nc.
+                    body.push(b'\n');
+                    (remote::STATUS_CHANNEL, body, Verdict::Ok)
+                }
                 _ => (remote::STATUS_CHANNEL, Vec::new(), Verdict::InternalError),
             }
         }
