@@ -239,6 +239,32 @@ fn a_cluster_without_a_majority_has_no_leader_and_refuses_exclusive_jobs() {
 }
 
 #[test]
+fn a_fault_free_cluster_keeps_its_coordinator() {
+    // The short CI version of the 5-minute fault-free run: once a coordinator is elected, no
+    // new term starts and the leader never changes.
+    let cluster = TestCluster::start(4, 100);
+    let first = cluster.wait_stable_leader(Duration::from_secs(20));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(500));
+        for status in cluster.statuses() {
+            assert_eq!(
+                (status.term, status.leader),
+                (first.term, Some(first.id)),
+                "node {} changed term or leader in a fault-free run",
+                status.id
+            );
+        }
+    }
+    let merged = cluster.merged_log();
+    let new_coordinators = merged
+        .iter()
+        .filter(|e| e.term > first.term && matches!(e.event, kiln::cluster::Event::Elected))
+        .count();
+    assert_eq!(new_coordinators, 0);
+}
+
+#[test]
 fn a_lone_server_refuses_cluster_intents_and_exclusive_jobs() {
     let handle = server::start(ServerConfig::loopback()).expect("server starts");
     let client = Client::new(handle.local_addr().to_string(), None);

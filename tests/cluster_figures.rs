@@ -37,9 +37,9 @@ fn figures_reelection_time_and_messages_per_critical_section() {
         kills.push((killed_at, leader.term, leader.id));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline
-            && !cluster
+            && cluster
                 .acting_leader()
-                .is_some_and(|new| new.term > leader.term)
+                .is_none_or(|new| new.term <= leader.term)
         {
             std::thread::sleep(Duration::from_millis(20));
         }
