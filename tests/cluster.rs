@@ -265,6 +265,60 @@ fn a_fault_free_cluster_keeps_its_coordinator() {
 }
 
 #[test]
+fn cluster_requests_never_wait_behind_jobs_and_jobs_are_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServerConfig::loopback();
+    config.workers = 1;
+    // A peer that refuses connections: the node keeps trying, which must cost nothing visible.
+    let peers = kiln::cluster::parse_peers("2=127.0.0.1:9").expect("peers");
+    let mut cluster = kiln::cluster::ClusterConfig::new(kiln::cluster::NodeId(1), peers)
+        .expect("cluster config");
+    cluster.log_path = dir.path().join("node-1.log");
+    cluster.state_path = dir.path().join("node-1.state.json");
+    config.cluster = Some(cluster);
+    let handle = server::start(config).expect("server starts");
+    let addr = handle.local_addr().to_string();
+    // Occupy the only worker, and queue a second job behind it.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let job = JobSpec::code(Intent::Run, "python", "import time\ntime.sleep(2)\n");
+                Client::new(addr, None).run_to_end(&job).map(|(_, r)| r.verdict)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let client = Client::new(addr.clone(), None).with_read_timeout(Some(Duration::from_secs(5)));
+    let asked = Instant::now();
+    let status = kiln::cluster::remote::fetch_node_status(&client).expect("status");
+    assert!(
+        asked.elapsed() < Duration::from_millis(800),
+        "CLUSTER-STATUS waited {:?} behind jobs",
+        asked.elapsed()
+    );
+    assert_eq!(status.id.0, 1);
+    assert!(!status.acting, "one node of two is no majority");
+    for thread in busy {
+        assert_eq!(thread.join().expect("thread").expect("job"), Verdict::Ok);
+    }
+    let log = kiln::cluster::fetch_log(&client, 0).expect("log");
+    let job_phases: Vec<&str> = log
+        .iter()
+        .filter_map(|e| match &e.event {
+            kiln::cluster::Event::Job { phase, .. } => Some(phase.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        job_phases.iter().filter(|p| p.starts_with("finished")).count(),
+        2,
+        "{job_phases:?}"
+    );
+    assert!(log.windows(2).all(|w| w[0].lamport < w[1].lamport));
+}
+
+#[test]
 fn a_lone_server_refuses_cluster_intents_and_exclusive_jobs() {
     let handle = server::start(ServerConfig::loopback()).expect("server starts");
     let client = Client::new(handle.local_addr().to_string(), None);
