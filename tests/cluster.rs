@@ -1,6 +1,7 @@
 //! Cluster mode with real processes on loopback: 4 `kiln --server --node --peers` nodes on
 //! 127.0.0.1-4. The leader and the lock holder are SIGKILLed and SIGSTOPped while clients run
-//! `Exclusive: yes` jobs that increment a fenced counter; then the counter must equal the accepted
+//! `Exclusive: yes` jobs that increment a fenced counter (a stopped node's jobs are stopped with
+//! it, so a stalled holder's late write meets a newer fence); then the counter must equal the accepted
 //! increments and the merged logs must show no two holders at once. A cluster that lost 2 of 4
 //! nodes must have no acting leader and refuse exclusive jobs clearly. Every process is killed
 //! when a test ends, even by a failed assertion (`TestCluster`'s drop).
@@ -93,9 +94,11 @@ fn leader_and_holder_faults_never_break_the_lock_or_the_counter() {
             cluster.spawn(target);
             cluster.wait_answering(target, Duration::from_secs(10));
         } else {
-            cluster.pause(target);
-            std::thread::sleep(Duration::from_millis(1000));
-            cluster.resume(target);
+            // Long enough for the lock's lease (1 s) to run out, so the stalled job's late
+            // write meets a newer fence.
+            let jobs = cluster.pause_with_jobs(target);
+            std::thread::sleep(Duration::from_millis(1500));
+            cluster.resume_with_jobs(target, &jobs);
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -271,8 +274,8 @@ fn cluster_requests_never_wait_behind_jobs_and_jobs_are_logged() {
     config.workers = 1;
     // A peer that refuses connections: the node keeps trying, which must cost nothing visible.
     let peers = kiln::cluster::parse_peers("2=127.0.0.1:9").expect("peers");
-    let mut cluster = kiln::cluster::ClusterConfig::new(kiln::cluster::NodeId(1), peers)
-        .expect("cluster config");
+    let mut cluster =
+        kiln::cluster::ClusterConfig::new(kiln::cluster::NodeId(1), peers).expect("cluster config");
     cluster.log_path = dir.path().join("node-1.log");
     cluster.state_path = dir.path().join("node-1.state.json");
     config.cluster = Some(cluster);
@@ -284,7 +287,9 @@ fn cluster_requests_never_wait_behind_jobs_and_jobs_are_logged() {
             let addr = addr.clone();
             std::thread::spawn(move || {
                 let job = JobSpec::code(Intent::Run, "python", "import time\ntime.sleep(2)\n");
-                Client::new(addr, None).run_to_end(&job).map(|(_, r)| r.verdict)
+                Client::new(addr, None)
+                    .run_to_end(&job)
+                    .map(|(_, r)| r.verdict)
             })
         })
         .collect();
@@ -311,7 +316,10 @@ fn cluster_requests_never_wait_behind_jobs_and_jobs_are_logged() {
         })
         .collect();
     assert_eq!(
-        job_phases.iter().filter(|p| p.starts_with("finished")).count(),
+        job_phases
+            .iter()
+            .filter(|p| p.starts_with("finished"))
+            .count(),
         2,
         "{job_phases:?}"
     );

@@ -155,6 +155,29 @@ impl TestCluster {
         }
     }
 
+    /// SIGSTOPs node `id` and its direct children (the jobs it runs), so a job holding the lock
+    /// stalls with its node, as on a frozen machine. Returns the children stopped.
+    pub fn pause_with_jobs(&mut self, id: u32) -> Vec<Pid> {
+        let Some(pid) = self.pid(id) else {
+            return Vec::new();
+        };
+        kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+        self.stopped[(id - 1) as usize] = true;
+        let children = children_of(pid);
+        for &child in &children {
+            let _ = kill(child, Signal::SIGSTOP);
+        }
+        children
+    }
+
+    /// SIGCONTs node `id` and the children `pause_with_jobs` stopped.
+    pub fn resume_with_jobs(&mut self, id: u32, children: &[Pid]) {
+        for &child in children {
+            let _ = kill(child, Signal::SIGCONT);
+        }
+        self.resume(id);
+    }
+
     /// SIGCONTs node `id`.
     pub fn resume(&mut self, id: u32) {
         if let Some(pid) = self.pid(id) {
@@ -230,6 +253,26 @@ impl Drop for TestCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // Fields after the command name (which may hold spaces) start after the last ')'.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(parent.as_raw())
+            })
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
 /// The counter service's state.
@@ -342,7 +385,7 @@ fn serve_counter(stream: TcpStream, state: &Mutex<CounterState>) {
 /// The program an exclusive job runs: read the counter and write it back plus one, both under
 /// the job's fence. Prints `OK` when the write was accepted.
 pub const INCREMENT_PY: &str = r#"
-import os, socket, sys
+import os, socket, sys, time
 fence = os.environ["KILN_FENCE"]
 conn = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
 stream = conn.makefile("rw")
@@ -350,6 +393,8 @@ stream.write("READ %s\n" % fence); stream.flush()
 answer = stream.readline().split()
 if not answer or answer[0] != "VALUE":
     print("REJECTED read"); sys.exit(3)
+# Hold the lock a moment, so faults often land inside a critical section.
+time.sleep(0.2)
 stream.write("WRITE %s %d\n" % (fence, int(answer[1]) + 1)); stream.flush()
 result = stream.readline().strip()
 print(result)
