@@ -143,14 +143,16 @@ pub fn default_state_dir() -> PathBuf {
     std::env::temp_dir().join("kiln-state")
 }
 
-/// Timing scaled to a heartbeat period: failure detection after 3 missed heartbeats, leases of 3
-/// heartbeats, a lock lease of at least a second so a busy machine does not lose a running job's
-/// lock, and retries every heartbeat.
+/// Timing scaled to a heartbeat period: failure detection after 4 missed heartbeats (3 made
+/// followers start elections whenever a shared, loaded machine stalled a process for 300 ms;
+/// re-election still takes about 0.5 s at 100 ms heartbeats), leader leases of 3 heartbeats, a
+/// lock lease of at least a second so a busy machine does not lose a running job's lock, and
+/// retries every heartbeat.
 pub fn timing_for_heartbeat(heartbeat_ms: u64) -> Timing {
     let heartbeat_ms = heartbeat_ms.max(1);
     Timing {
         heartbeat_ms,
-        failure_timeout_ms: heartbeat_ms * 3,
+        failure_timeout_ms: heartbeat_ms * 4,
         election_timeout_ms: heartbeat_ms,
         leader_lease_ms: heartbeat_ms * 3,
         lock_lease_ms: (heartbeat_ms * 3).max(1000),
@@ -827,7 +829,7 @@ mod tests {
     #[test]
     fn scaled_timing_keeps_the_ratios() {
         let timing = timing_for_heartbeat(100);
-        assert_eq!(timing.failure_timeout_ms, 300);
+        assert_eq!(timing.failure_timeout_ms, 400);
         assert_eq!(timing.lock_lease_ms, 1000);
         assert_eq!(timing_for_heartbeat(500).lock_lease_ms, 1500);
     }
