@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 

@@ -46,6 +46,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Build(args) => build(&args),
         Command::Info(args) => info(&args),
         Command::Ping(args) => ping(&args),
+        Command::Cluster(args) => Ok(super::cluster::run(args)),
     }
 }
 
@@ -163,6 +164,9 @@ fn run_program(args: &RunArgs) -> Result<ExitCode> {
     job.head.args.clone_from(&args.args);
     job.head.time_limit_ms = args.time_limit_ms;
     job.head.memory_limit_mib = args.memory_limit_mib;
+    if args.exclusive {
+        job.head.extra.push(("Exclusive".into(), "yes".into()));
+    }
     if let Some(path) = &args.stdin {
         job.stdin = if path == Path::new("-") {
             let mut bytes = Vec::new();
@@ -229,6 +233,10 @@ fn run_exit_code(result: &JobResult) -> ExitCode {
         Verdict::MemoryLimit | Verdict::OutputLimit => {
             note(format!("{}: {message}", result.verdict));
             ExitCode::from(EXIT_RESOURCE_LIMIT)
+        }
+        Verdict::LockUnavailable => {
+            note(format!("{}: {message}", result.verdict));
+            ExitCode::from(EXIT_UNAVAILABLE)
         }
         Verdict::Cancelled | Verdict::InternalError | Verdict::Pong => {
             note(format!("{} {message}", result.verdict));

@@ -1,7 +1,9 @@
 //! The command line: `kiln --server [ADDR:]PORT` runs a headless server; `kiln run|check|build|info|
-//! ping` talk to a server (an embedded one on loopback unless `--server` names one); plain `kiln`
-//! starts the desktop app when built with the `gui` feature.
+//! ping` talk to a server (an embedded one on loopback unless `--server` names one); `kiln cluster`
+//! starts and inspects clusters (`cluster`); plain `kiln` starts the desktop app when built with the
+//! `gui` feature.
 
+mod cluster;
 mod commands;
 mod serve;
 
@@ -54,6 +56,8 @@ pub enum Command {
     Ping(ConnectArgs),
     /// Load servers with many clients and report errors, time, throughput and latency per step.
     Stress(crate::stress::StressArgs),
+    /// Cluster mode: start a loopback cluster, show a cluster's state, merge its logs.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Where the server is.
@@ -96,6 +100,10 @@ pub struct RunArgs {
     /// Memory limit in MiB (the server clamps it to its maximum).
     #[arg(long, value_name = "MIB")]
     pub memory_limit_mib: Option<u64>,
+    /// Run holding the cluster-wide lock (`Exclusive: yes`); the program finds its fencing token
+    /// in `KILN_FENCE`.
+    #[arg(long)]
+    pub exclusive: bool,
     /// Arguments for the program, after `--`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -115,6 +123,7 @@ pub struct BuildArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.server) {
+        (Some(Command::Cluster(args)), _) => cluster::run(args),
         (Some(command), _) => commands::run(command),
         (None, Some(listen)) => serve::run(&listen, &cli.serve),
         (None, None) => start_app(),

@@ -80,6 +80,26 @@ pub struct ServeArgs {
     /// user namespaces off): jobs then run with the server's own rights. Only for trusted clients.
     #[arg(long)]
     pub allow_unsandboxed: bool,
+    /// Run jobs without the sandbox even where it works, e.g. trusted jobs that must reach the
+    /// network (off loopback this also needs --allow-unsandboxed).
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// Join a cluster as node ID (needs --peers).
+    #[arg(long, value_name = "ID", requires = "peers")]
+    pub node: Option<u32>,
+    /// The cluster's nodes, `ID=HOST:PORT,...` (static membership; this node's entry may appear).
+    #[arg(long, value_name = "ID=HOST:PORT,...", requires = "node")]
+    pub peers: Option<String>,
+    /// The node's JSON-lines event log [default: $XDG_STATE_HOME/kiln/cluster-node-ID.log].
+    #[arg(long, value_name = "FILE", requires = "node")]
+    pub cluster_log: Option<PathBuf>,
+    /// The node's persistent state (term, vote) [default: next to the default log].
+    #[arg(long, value_name = "FILE", requires = "node")]
+    pub cluster_state: Option<PathBuf>,
+    /// Cluster heartbeat period in ms; failure detection and leases scale with it (same on
+    /// every node).
+    #[arg(long, value_name = "MS", default_value_t = 100, requires = "node")]
+    pub heartbeat_ms: u64,
 }
 
 /// Parses `[ADDR:]PORT`: a bare port listens on every interface.
@@ -168,6 +188,37 @@ fn build_config(listen: &str, args: &ServeArgs) -> Result<(ServerConfig, bool)> 
     } else {
         config.max_jobs_per_peer = (config.workers / 2).max(1);
     }
+    if let (Some(node), Some(peers)) = (args.node, &args.peers) {
+        if generated {
+            bail!(
+                "a cluster node on a non-loopback address needs the cluster's shared token: pass the same --token or --token-file to every node"
+            );
+        }
+        if !(10..=10_000).contains(&args.heartbeat_ms) {
+            bail!(
+                "--heartbeat-ms must be between 10 and 10000, got {}",
+                args.heartbeat_ms
+            );
+        }
+        let id = crate::cluster::NodeId(node);
+        let peers = crate::cluster::parse_peers(peers)?;
+        let mut cluster = crate::cluster::ClusterConfig::new(id, peers)?;
+        cluster.token = config.token.as_ref().map(|token| token.as_str().to_owned());
+        cluster.timing = crate::cluster::runtime::timing_for_heartbeat(args.heartbeat_ms);
+        if let Some(path) = &args.cluster_log {
+            cluster.log_path.clone_from(path);
+        }
+        match &args.cluster_state {
+            Some(path) => cluster.state_path.clone_from(path),
+            None if args.cluster_log.is_some() => {
+                let mut path = cluster.log_path.clone().into_os_string();
+                path.push(".state.json");
+                cluster.state_path = PathBuf::from(path);
+            }
+            None => {}
+        }
+        config.cluster = Some(cluster);
+    }
     Ok((config, generated))
 }
 
@@ -198,6 +249,9 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
     check_sandbox(config.bind, unavailable.as_ref(), args.allow_unsandboxed)?;
     let executor = Arc::new(executor);
     if config.model == ServerModel::Fork {
+        if config.cluster.is_some() {
+            bail!("cluster mode (--node) runs on the pool model; drop --model fork");
+        }
         let server = server::fork::bind_with_executor(config, executor)
             .context("cannot start the server")?;
         print_banner(
@@ -220,6 +274,17 @@ fn serve(listen: &str, args: &ServeArgs) -> Result<()> {
         &handle.executor().language_ids(),
         unavailable.as_ref(),
     );
+    if let Some(cluster) = handle.cluster() {
+        let config = cluster.config();
+        println!(
+            "Cluster: node {} of {} nodes; log {}",
+            config.id,
+            config.others().count() + 1,
+            config.log_path.display()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -262,8 +327,8 @@ fn print_banner(
 
 /// The executor for the headless server: bwrap when it works, the compile limits and cache.
 fn build_executor(args: &ServeArgs) -> Result<(Executor, Option<SandboxUnavailable>)> {
-    let (executor, unavailable) =
-        exec::bwrap::detect_executor().context("cannot set up running jobs")?;
+    let (executor, unavailable) = exec::bwrap::detect_executor_with(!args.no_sandbox)
+        .context("cannot set up running jobs")?;
     let mut executor = executor.with_compile_limits(Limits {
         wall: Duration::from_millis(args.compile_time_limit_ms.max(1)),
         cpu: Duration::from_millis(args.compile_time_limit_ms.max(1)),
@@ -360,12 +425,16 @@ mod tests {
 
     #[test]
     fn jobs_per_peer_default_to_half_the_workers() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["kiln", "--server", "9"];
+        let parse_at = |listen: &str, extra: &[&str]| {
+            let mut argv = vec!["kiln", "--server", "9", "--token", "t"];
             argv.extend_from_slice(extra);
             let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(argv).expect("parses");
-            build_config("127.0.0.1:9", &cli.serve)
+            build_config(listen, &cli.serve)
         };
+        let parse = |extra: &[&str]| parse_at("0.0.0.0:9", extra);
+        // On loopback every client shares one address, so there is no per-peer limit.
+        let (config, _) = parse_at("127.0.0.1:9", &["--workers", "6"]).expect("config");
+        assert_eq!(config.max_jobs_per_peer, usize::MAX);
         let (config, _) = parse(&["--workers", "6"]).expect("config");
         assert_eq!(config.max_jobs_per_peer, 3);
         let (config, _) = parse(&["--workers", "1"]).expect("config");

@@ -7,18 +7,27 @@
 //! - `node`: one node's logic (`Node`), driven by messages, ticks and the local lock API, with
 //!   time passed in; it returns what to send, persist and log.
 //! - `log`: the JSON-lines event log, `merge_logs` and the lock-history checker.
-//! - `sim`: the deterministic simulator the tests (and later integration tests) use.
+//! - `sim`: the deterministic simulator the tests use.
 //!
-//! Neighbours: `crate::server` carries envelopes over TCP in KILN/1 framing (`Node:` and
-//! `Lamport:` headers), calls `Node::on_tick` on a timer, runs `Exclusive: yes` jobs under the lock,
-//! and serves `kiln cluster status` from `Node::status`; the desktop app (`crate::ui`) draws the
-//! space-time diagram from the merged log.
+//! And the part that runs in real servers:
+//! - `transport`: envelopes as `KILN/1 CLUSTER` requests (`Node:` and `Lamport:` headers), sent by
+//!   one thread per peer over short-lived connections with short timeouts.
+//! - `runtime`: the thread that owns the `Node`, ticks it, persists its state, appends its log and
+//!   lets `Exclusive: yes` jobs wait for the lock (`ClusterHandle`).
+//! - `remote`: the client side (`fetch_status`, `fetch_log`) for `kiln cluster` and the app.
+//!
+//! Neighbours: `crate::server` starts the runtime, routes cluster intents to it (never through
+//! the job queue) and wraps exclusive jobs; `crate::cli` has `kiln cluster up|status|log`; the
+//! desktop app (`crate::ui`) draws the space-time diagram from the merged log.
 
 pub mod lamport;
 pub mod log;
 pub mod message;
 pub mod node;
+pub mod remote;
+pub mod runtime;
 pub mod sim;
+pub mod transport;
 
 #[cfg(test)]
 mod sim_tests;
@@ -30,3 +39,5 @@ pub use message::{
     Term,
 };
 pub use node::{LockHolder, Node, NodeStatus, Output, PersistentState, QueuedLock, Role, Timing};
+pub use remote::{ClusterStatus, NodeReport, RemoteError, fetch_log, fetch_status};
+pub use runtime::{ClusterConfig, ClusterHandle, LockError, PeerAddr, parse_peers};

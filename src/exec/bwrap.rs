@@ -63,6 +63,9 @@ const ETC_ENTRIES: &[&str] = &["/etc/alternatives", "/etc/ld.so.cache"];
 /// Why the bubblewrap sandbox cannot be used on this host.
 #[derive(Debug, Error)]
 pub enum SandboxUnavailable {
+    /// The operator turned it off (`--no-sandbox`).
+    #[error("the sandbox was turned off with --no-sandbox")]
+    Disabled,
     /// No `bwrap` executable.
     #[error(
         "bubblewrap (`bwrap`) is not installed; install it (Debian/Ubuntu: `apt install bubblewrap`, Fedora: `dnf install bubblewrap`)"
@@ -554,13 +557,27 @@ pub fn detect(read_only: &[PathBuf], jobs_root: &Path) -> Result<BwrapSandbox, S
 /// # Errors
 /// If the root for job directories cannot be created.
 pub fn detect_executor() -> io::Result<(Executor, Option<SandboxUnavailable>)> {
+    detect_executor_with(true)
+}
+
+/// As [`detect_executor`], or without trying the sandbox at all when `sandbox` is false (jobs
+/// that must reach the network or the host, from trusted clients only).
+///
+/// # Errors
+/// If the root for job directories cannot be created.
+pub fn detect_executor_with(sandbox: bool) -> io::Result<(Executor, Option<SandboxUnavailable>)> {
     let languages = super::detect_toolchains();
     let read_only: Vec<PathBuf> = languages
         .iter()
         .flat_map(|language| language.read_only_paths())
         .collect();
     let jobs_root = super::jobdir::create_root()?;
-    let (sandbox, unavailable): (Arc<dyn Sandbox>, _) = match detect(&read_only, &jobs_root) {
+    let detected = if sandbox {
+        detect(&read_only, &jobs_root)
+    } else {
+        Err(SandboxUnavailable::Disabled)
+    };
+    let (sandbox, unavailable): (Arc<dyn Sandbox>, _) = match detected {
         Ok(bwrap) => (Arc::new(bwrap), None),
         Err(why) => (Arc::new(NoSandbox), Some(why)),
     };

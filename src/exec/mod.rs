@@ -101,6 +101,8 @@ pub struct JobInput {
     pub file_name: Option<String>,
     /// Limits for the run phase, already clamped to the server's maximum.
     pub limits: Limits,
+    /// Extra environment variables for the run phase (`KILN_FENCE` for exclusive jobs).
+    pub env: Vec<(String, String)>,
 }
 
 /// How a job ended, as sent in the `result` frame.
@@ -405,6 +407,12 @@ impl Executor {
                 let mut command = toolchain.run_command(&ctx, &compiled);
                 // What the program writes is scratch, bounded like one file.
                 command.scratch = Some(input.limits.file_size);
+                command.env.extend(
+                    input
+                        .env
+                        .iter()
+                        .map(|(key, value)| (key.into(), value.into())),
+                );
                 let mut outcome =
                     run_program(toolchain.as_ref(), &ctx, &command, &stdin_path, sink);
                 outcome.compile_ms = compile_ms;

@@ -95,11 +95,14 @@ pub enum Verdict {
     Cancelled,
     /// The server failed to run the job.
     InternalError,
+    /// An `Exclusive: yes` job could not get the cluster lock within its time limit, or the server
+    /// is not in a cluster; the program did not run.
+    LockUnavailable,
 }
 
 impl Verdict {
     /// Every verdict.
-    pub const ALL: [Verdict; 10] = [
+    pub const ALL: [Verdict; 11] = [
         Verdict::Ok,
         Verdict::Pong,
         Verdict::CompileError,
@@ -110,6 +113,7 @@ impl Verdict {
         Verdict::OutputLimit,
         Verdict::Cancelled,
         Verdict::InternalError,
+        Verdict::LockUnavailable,
     ];
 
     /// The word on the wire.
@@ -125,6 +129,7 @@ impl Verdict {
             Verdict::OutputLimit => "output-limit",
             Verdict::Cancelled => "cancelled",
             Verdict::InternalError => "internal-error",
+            Verdict::LockUnavailable => "lock-unavailable",
         }
     }
 

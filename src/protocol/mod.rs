@@ -45,17 +45,26 @@ pub enum Intent {
     Run,
     /// Compile and return the compiled program as an artifact.
     Build,
+    /// Cluster mode: one message from a peer node (`Message:`, `Node:`, `Lamport:` headers).
+    Cluster,
+    /// Cluster mode: the nodes, leader, clocks, lock holder and queue, as JSON.
+    ClusterStatus,
+    /// Cluster mode: the node's event log as JSON lines (`Since-Lamport:` to skip older lines).
+    ClusterLog,
 }
 
 impl Intent {
     /// Every intent, in the order the docs list them.
-    pub const ALL: [Intent; 6] = [
+    pub const ALL: [Intent; 9] = [
         Intent::Ping,
         Intent::Info,
         Intent::Stats,
         Intent::Check,
         Intent::Run,
         Intent::Build,
+        Intent::Cluster,
+        Intent::ClusterStatus,
+        Intent::ClusterLog,
     ];
 
     /// The word on the wire (`RUN`).
@@ -67,6 +76,9 @@ impl Intent {
             Intent::Check => "CHECK",
             Intent::Run => "RUN",
             Intent::Build => "BUILD",
+            Intent::Cluster => "CLUSTER",
+            Intent::ClusterStatus => "CLUSTER-STATUS",
+            Intent::ClusterLog => "CLUSTER-LOG",
         }
     }
 
@@ -80,6 +92,15 @@ impl Intent {
     /// Whether this intent names a language and carries source.
     pub fn takes_language(self) -> bool {
         matches!(self, Intent::Check | Intent::Run | Intent::Build)
+    }
+
+    /// Whether this intent belongs to cluster mode (answered by the cluster runtime, never queued
+    /// behind jobs).
+    pub fn is_cluster(self) -> bool {
+        matches!(
+            self,
+            Intent::Cluster | Intent::ClusterStatus | Intent::ClusterLog
+        )
     }
 }
 

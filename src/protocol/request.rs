@@ -50,7 +50,9 @@ pub enum ParseError {
     #[error("unsupported protocol version `{0}`; this server speaks KILN/1")]
     Version(String),
     /// The intent word is not one the protocol defines.
-    #[error("unknown intent `{0}`; expected one of PING, INFO, STATS, CHECK, RUN, BUILD")]
+    #[error(
+        "unknown intent `{0}`; expected one of PING, INFO, STATS, CHECK, RUN, BUILD, CLUSTER, CLUSTER-STATUS, CLUSTER-LOG"
+    )]
     UnknownIntent(String),
     /// CHECK, RUN or BUILD without a language.
     #[error("{0} needs a language, as in `KILN/1 {0} python`")]

@@ -59,7 +59,7 @@ pub fn bind_with_executor(
     let listener = super::listen(config.bind, config.backlog.max(MIN_BACKLOG))?;
     let addr = listener.local_addr()?;
     let children = super::reader::fork::Children::new(config.max_children)?;
-    let shared = Arc::new(Shared::new(config, executor));
+    let shared = Arc::new(Shared::new(config, executor, None));
     let event_loop = EventLoop::new(listener, Arc::clone(&shared), Dispatch::Fork(children))?;
     Ok(ForkServer {
         addr,

@@ -5,8 +5,10 @@
 //! worker; `queue` is the bounded job queue (Mutex + Condvar) between the reader and the workers;
 //! `worker` runs one request on a worker thread and writes its answer. `token` holds the shared
 //! secret. Jobs themselves run through `crate::exec`. `fork` is the other model: the same reader on
-//! the main thread, forking a child per request instead of queueing it.
+//! the main thread, forking a child per request instead of queueing it. `cluster` connects the
+//! server to cluster mode (`crate::cluster`) when `ServerConfig::cluster` is set.
 
+mod cluster;
 pub mod fork;
 pub mod peers;
 mod queue;
@@ -67,6 +69,8 @@ pub struct ServerConfig {
     pub max_children: usize,
     /// CHECK, RUN and BUILD jobs one client address may have queued or running at once.
     pub max_jobs_per_peer: usize,
+    /// Join a cluster as this node (`--node`, `--peers`); `None` for a lone server.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// How a server runs requests.
@@ -113,6 +117,7 @@ impl ServerConfig {
             model: ServerModel::Pool,
             max_children: 1024,
             max_jobs_per_peer: (workers / 2).max(1),
+            cluster: None,
         }
     }
 
@@ -166,10 +171,16 @@ pub(crate) struct Shared {
     pub started: Instant,
     /// The server's process (STATS reads its memory and threads; a fork child is not it).
     pub pid: u32,
+    /// The cluster runtime, when the server is a cluster node.
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 impl Shared {
-    fn new(config: ServerConfig, executor: Arc<Executor>) -> Shared {
+    fn new(
+        config: ServerConfig,
+        executor: Arc<Executor>,
+        cluster: Option<crate::cluster::ClusterHandle>,
+    ) -> Shared {
         Shared {
             queue: queue::JobQueue::new(config.queue_capacity.max(1)),
             peers: peers::PeerJobs::new(config.max_jobs_per_peer),
@@ -183,6 +194,7 @@ impl Shared {
             next_job: AtomicU64::new(0),
             started: Instant::now(),
             pid: std::process::id(),
+            cluster,
         }
     }
 
@@ -236,7 +248,11 @@ pub fn start_with_executor(
     }
     let listener = listen(config.bind, config.backlog.max(MIN_BACKLOG))?;
     let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(config, executor));
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::ClusterHandle::start(cluster.clone())?),
+        None => None,
+    };
+    let shared = Arc::new(Shared::new(config, executor, cluster));
     let mut workers = Vec::new();
     for index in 0..shared.config.workers {
         let shared = Arc::clone(&shared);
@@ -300,6 +316,11 @@ impl ServerHandle {
         &self.shared.stats
     }
 
+    /// The cluster runtime, when the server is a cluster node.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterHandle> {
+        self.shared.cluster.as_ref()
+    }
+
     /// The executor (languages, sandbox).
     pub fn executor(&self) -> &Arc<Executor> {
         &self.shared.executor
@@ -335,6 +356,9 @@ impl ServerHandle {
         self.shared.reader_exit.store(true, Ordering::SeqCst);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.shutdown();
         }
         tracing::info!("server stopped");
     }

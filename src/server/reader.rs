@@ -408,6 +408,18 @@ impl EventLoop {
             self.refuse(conn, unavailable());
             return true;
         }
+        if conn
+            .parser
+            .as_ref()
+            .and_then(RequestParser::head)
+            .is_some_and(|head| head.intent().is_cluster())
+        {
+            let Some(request) = conn.parser.take().and_then(RequestParser::into_request) else {
+                return false;
+            };
+            // Cluster traffic must never wait behind jobs in the queue.
+            return self.route_cluster(conn, request);
+        }
         if matches!(self.dispatch, Dispatch::Fork(_)) {
             return self.fork_request(conn);
         }
@@ -467,6 +479,41 @@ impl EventLoop {
         if let Err(job) = self.shared.queue.try_push(job) {
             // The queue closed in between: the server is stopping.
             super::worker::refuse_unavailable(&self.shared, job);
+        }
+    }
+
+    /// Answers a peer's cluster message at once, or hands a status or log request to the cluster
+    /// runtime's own thread.
+    fn route_cluster(&mut self, conn: &mut Conn, request: crate::protocol::Request) -> bool {
+        match super::cluster::route(&self.shared, request) {
+            super::cluster::Route::Answer(bytes) => {
+                // A whole answer is a few dozen bytes: it fits in any socket buffer.
+                let _ = conn.stream.write_all(&bytes);
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                conn.state = ConnState::Draining {
+                    until: Instant::now() + DRAIN_TIME,
+                    discarded: 0,
+                };
+                true
+            }
+            super::cluster::Route::Refuse(status) => {
+                self.refuse(conn, status);
+                true
+            }
+            super::cluster::Route::Handoff(request) => {
+                let Some(cluster) = &self.shared.cluster else {
+                    return false;
+                };
+                let Ok(stream) = conn.stream.try_clone() else {
+                    return false;
+                };
+                self.deregister(conn.stream.as_raw_fd());
+                if stream.set_nonblocking(false).is_err() {
+                    return false;
+                }
+                cluster.serve(stream, request);
+                false
+            }
         }
     }
 

@@ -88,8 +88,13 @@ pub(super) fn handle(shared: &Shared, job: QueuedJob) -> bool {
                     args: head.args.clone(),
                     file_name: head.file_name.clone(),
                     limits,
+                    env: Vec::new(),
                 };
-                shared.executor.execute(&input, &mut sink)
+                super::cluster::execute_job(shared, &id, &request, input, &mut sink)
+            }
+            Intent::Cluster | Intent::ClusterStatus | Intent::ClusterLog => {
+                // The acceptor routes these to the cluster runtime; never queued.
+                Outcome::internal(format!("{intent} reached a job worker"))
             }
         }
     };
@@ -192,6 +197,7 @@ fn info_fields(shared: &Shared) -> Fields {
         .push("max-jobs-per-peer", config.max_jobs_per_peer)
         .push("header-timeout-ms", config.header_timeout.as_millis())
         .push("body-timeout-ms", config.body_timeout.as_millis());
+    super::cluster::push_info(shared, &mut fields);
     for language in executor.languages() {
         fields.push(
             "language",
