@@ -82,14 +82,23 @@ mod gui {
         if std::fs::create_dir_all(&dir).is_err()
             || std::fs::write(dir.join(format!("{app_id}.gschema.xml")), text).is_err()
         {
-            println!("cargo:warning=cannot write the GSettings schema to {}", dir.display());
+            println!(
+                "cargo:warning=cannot write the GSettings schema to {}",
+                dir.display()
+            );
             return;
         }
-        match Command::new("glib-compile-schemas").arg("--strict").arg(&dir).status() {
+        match Command::new("glib-compile-schemas")
+            .arg("--strict")
+            .arg(&dir)
+            .status()
+        {
             Ok(status) if status.success() => {
                 println!("cargo:rustc-env=KILN_SCHEMA_DIR={}", dir.display());
             }
-            _ => println!("cargo:warning=glib-compile-schemas failed; the app needs an installed schema"),
+            _ => println!(
+                "cargo:warning=glib-compile-schemas failed; the app needs an installed schema"
+            ),
         }
     }
 }

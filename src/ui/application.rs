@@ -201,10 +201,18 @@ impl KilnApplication {
 
 /// The embedded server's configuration from the settings.
 pub(crate) fn embedded_config(settings: &gio::Settings) -> EmbeddedConfig {
-    let seconds = u64::try_from(settings.int("time-limit-seconds")).unwrap_or(10).max(1);
-    let memory = u64::try_from(settings.int("memory-limit-mib")).unwrap_or(512).max(16);
-    let output = u64::try_from(settings.int("output-limit-mib")).unwrap_or(4).max(1);
-    let workers = usize::try_from(settings.int("embedded-workers")).unwrap_or(2).max(1);
+    let seconds = u64::try_from(settings.int("time-limit-seconds"))
+        .unwrap_or(10)
+        .max(1);
+    let memory = u64::try_from(settings.int("memory-limit-mib"))
+        .unwrap_or(512)
+        .max(16);
+    let output = u64::try_from(settings.int("output-limit-mib"))
+        .unwrap_or(4)
+        .max(1);
+    let workers = usize::try_from(settings.int("embedded-workers"))
+        .unwrap_or(2)
+        .max(1);
     let share = settings.boolean("share-on-network");
     let port = u16::try_from(settings.int("share-port")).unwrap_or(7878);
     EmbeddedConfig {

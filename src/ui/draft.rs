@@ -36,9 +36,9 @@ impl Draft {
     /// # Errors
     /// If the directory or file cannot be written.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let dir = path
-            .parent()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "draft path has no directory"))?;
+        let dir = path.parent().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "draft path has no directory")
+        })?;
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_vec(self).map_err(io::Error::other)?;
         let file = tempfile::NamedTempFile::new_in(dir)?;

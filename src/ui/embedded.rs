@@ -90,7 +90,10 @@ impl EmbeddedServer {
             })?;
             state.handle = Some(handle);
         }
-        let handle = state.handle.as_ref().ok_or("the built-in server did not start")?;
+        let handle = state
+            .handle
+            .as_ref()
+            .ok_or("the built-in server did not start")?;
         let listen = handle.local_addr();
         Ok(Endpoint {
             connect: SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port())).to_string(),

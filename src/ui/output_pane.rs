@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 
 use adw::prelude::*;
 use adw::subclass::prelude::*;
-use gtk::{glib, CompositeTemplate};
+use gtk::{CompositeTemplate, glib};
 
 /// Bytes of output the pane shows before it stops adding more; a text view with many megabytes
 /// of text becomes slow to lay out, and nobody reads that much in a pane.
@@ -166,10 +166,14 @@ impl KilnOutputPane {
             return;
         }
         let shown = floor_char_boundary(text, room);
-        self.insert(&text[..shown], (stream == Stream::Stderr).then_some("stderr"));
+        self.insert(
+            &text[..shown],
+            (stream == Stream::Stderr).then_some("stderr"),
+        );
         imp.shown.set(imp.shown.get() + shown);
         if shown < text.len() {
-            imp.hidden.set(imp.hidden.get() + (text.len() - shown) as u64);
+            imp.hidden
+                .set(imp.hidden.get() + (text.len() - shown) as u64);
             // Counts as shown so the notice is written once.
             imp.shown.set(SHOWN_LIMIT);
             self.append_notice(&format!(
@@ -190,7 +194,11 @@ impl KilnOutputPane {
         let imp = self.imp();
         let rests = std::mem::take(&mut *imp.pending.borrow_mut());
         for (index, rest) in rests.iter().enumerate() {
-            let stream = if index == 0 { Stream::Stdout } else { Stream::Stderr };
+            let stream = if index == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
             self.append_text(stream, &String::from_utf8_lossy(rest));
         }
         if imp.hidden.get() > 0 {

@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 
 use adw::prelude::*;
 use adw::subclass::prelude::*;
-use gtk::{gio, glib, CompositeTemplate};
+use gtk::{CompositeTemplate, gio, glib};
 
 use super::application::KilnApplication;
 use super::embedded::EmbeddedServer;
@@ -113,15 +113,33 @@ impl KilnPreferencesDialog {
     fn setup_bindings(&self) {
         let imp = self.imp();
         let settings = self.settings();
-        settings.bind("editor-font", &*imp.font_button, "font").build();
-        settings.bind("tab-width", &*imp.tab_width_spin, "value").build();
-        settings.bind("output-wrap", &*imp.wrap_switch, "active").build();
-        settings.bind("embedded-workers", &*imp.workers_spin, "value").build();
-        settings.bind("time-limit-seconds", &*imp.time_limit_spin, "value").build();
-        settings.bind("memory-limit-mib", &*imp.memory_limit_spin, "value").build();
-        settings.bind("output-limit-mib", &*imp.output_limit_spin, "value").build();
-        settings.bind("share-on-network", &*imp.share_switch, "active").build();
-        settings.bind("share-port", &*imp.port_spin, "value").build();
+        settings
+            .bind("editor-font", &*imp.font_button, "font")
+            .build();
+        settings
+            .bind("tab-width", &*imp.tab_width_spin, "value")
+            .build();
+        settings
+            .bind("output-wrap", &*imp.wrap_switch, "active")
+            .build();
+        settings
+            .bind("embedded-workers", &*imp.workers_spin, "value")
+            .build();
+        settings
+            .bind("time-limit-seconds", &*imp.time_limit_spin, "value")
+            .build();
+        settings
+            .bind("memory-limit-mib", &*imp.memory_limit_spin, "value")
+            .build();
+        settings
+            .bind("output-limit-mib", &*imp.output_limit_spin, "value")
+            .build();
+        settings
+            .bind("share-on-network", &*imp.share_switch, "active")
+            .build();
+        settings
+            .bind("share-port", &*imp.port_spin, "value")
+            .build();
     }
 
     fn setup_sharing(&self) {
@@ -310,14 +328,19 @@ impl KilnPreferencesDialog {
                     format!(
                         "Reachable · {} · {} · sandbox {} · {} workers",
                         info.get("server").unwrap_or("kiln"),
-                        if languages.is_empty() { "no languages".to_owned() } else { languages.join(", ") },
+                        if languages.is_empty() {
+                            "no languages".to_owned()
+                        } else {
+                            languages.join(", ")
+                        },
                         info.get("sandbox").unwrap_or("unknown"),
                         info.get("workers").unwrap_or("?"),
                     )
                 }
                 Err(error) => match error.code() {
                     Some(crate::protocol::ErrorCode::Unauthorized) => {
-                        "Refused the token: remove the server and add it again with the right token".to_owned()
+                        "Refused the token: remove the server and add it again with the right token"
+                            .to_owned()
                     }
                     _ => format!("Not reachable: {error}"),
                 },
@@ -344,7 +367,11 @@ impl KilnPreferencesDialog {
             return;
         }
         let settings = self.settings();
-        let mut servers: Vec<String> = settings.strv("servers").iter().map(|s| s.to_string()).collect();
+        let mut servers: Vec<String> = settings
+            .strv("servers")
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if !servers.contains(&addr) {
             servers.push(addr.clone());
             let refs: Vec<&str> = servers.iter().map(String::as_str).collect();
@@ -411,13 +438,17 @@ impl KilnPreferencesDialog {
 /// Checks `host:port`.
 fn validate_address(addr: &str) -> Result<(), String> {
     let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("“{addr}” has no port: write it as host:port, for example 192.168.1.20:7878"));
+        return Err(format!(
+            "“{addr}” has no port: write it as host:port, for example 192.168.1.20:7878"
+        ));
     };
     if host.is_empty() {
         return Err(format!("“{addr}” has no host: write it as host:port"));
     }
     match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("“{port}” is not a port: use a number from 1 to 65535")),
+        Ok(0) | Err(_) => Err(format!(
+            "“{port}” is not a port: use a number from 1 to 65535"
+        )),
         Ok(_) => Ok(()),
     }
 }
@@ -430,8 +461,16 @@ mod tests {
     fn addresses_need_a_host_and_a_port() {
         assert!(validate_address("example.org:7878").is_ok());
         assert!(validate_address("[::1]:7878").is_ok());
-        assert!(validate_address("example.org").unwrap_err().contains("no port"));
+        assert!(
+            validate_address("example.org")
+                .unwrap_err()
+                .contains("no port")
+        );
         assert!(validate_address(":7878").unwrap_err().contains("no host"));
-        assert!(validate_address("a:70000").unwrap_err().contains("1 to 65535"));
+        assert!(
+            validate_address("a:70000")
+                .unwrap_err()
+                .contains("1 to 65535")
+        );
     }
 }

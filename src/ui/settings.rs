@@ -19,7 +19,11 @@ pub fn open() -> Result<gio::Settings, String> {
         .as_ref()
         .and_then(|source| source.lookup(APP_ID, true))
     {
-        return Ok(gio::Settings::new_full(&schema, None::<&gio::SettingsBackend>, None));
+        return Ok(gio::Settings::new_full(
+            &schema,
+            None::<&gio::SettingsBackend>,
+            None,
+        ));
     }
     let Some(dir) = BUILD_SCHEMA_DIR else {
         return Err(format!(
@@ -31,5 +35,9 @@ pub fn open() -> Result<gio::Settings, String> {
     let schema = source
         .lookup(APP_ID, false)
         .ok_or_else(|| format!("the GSettings schema {APP_ID} is missing from {dir}"))?;
-    Ok(gio::Settings::new_full(&schema, None::<&gio::SettingsBackend>, None))
+    Ok(gio::Settings::new_full(
+        &schema,
+        None::<&gio::SettingsBackend>,
+        None,
+    ))
 }

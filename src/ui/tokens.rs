@@ -54,9 +54,9 @@ pub fn set(path: &Path, addr: &str, token: &str) -> io::Result<()> {
 /// Writes the whole map: to a private temporary file first, then renamed over the old one, so a
 /// crash never leaves a half-written file and the token is never readable by others.
 fn save(path: &Path, tokens: &BTreeMap<String, String>) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "token path has no directory"))?;
+    let dir = path.parent().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "token path has no directory")
+    })?;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     // tempfile creates the file with mode 600.

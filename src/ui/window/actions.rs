@@ -47,10 +47,7 @@ impl KilnWindow {
 
     /// Enables or disables one of the window's actions.
     pub(super) fn set_action_enabled(&self, name: &str, enabled: bool) {
-        if let Some(action) = self
-            .lookup_action(name)
-            .and_downcast::<gio::SimpleAction>()
-        {
+        if let Some(action) = self.lookup_action(name).and_downcast::<gio::SimpleAction>() {
             action.set_enabled(enabled);
         }
     }

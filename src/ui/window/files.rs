@@ -84,9 +84,10 @@ impl KilnWindow {
     pub(super) fn save_draft(&self) {
         let buffer = self.buffer();
         let draft = Draft {
-            language: self
-                .current_language()
-                .map_or_else(|| self.settings().string("last-language").to_string(), |l| l.id),
+            language: self.current_language().map_or_else(
+                || self.settings().string("last-language").to_string(),
+                |l| l.id,
+            ),
             text: buffer
                 .text(&buffer.start_iter(), &buffer.end_iter(), false)
                 .to_string(),
@@ -102,12 +103,16 @@ impl KilnWindow {
     pub(super) fn update_title(&self) {
         let imp = self.imp();
         let file = imp.file.borrow().clone();
-        let name = file
-            .as_ref()
-            .and_then(|path| path.file_name())
-            .map_or_else(|| "Untitled".to_owned(), |name| name.to_string_lossy().into_owned());
+        let name = file.as_ref().and_then(|path| path.file_name()).map_or_else(
+            || "Untitled".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        );
         let modified = self.buffer().is_modified();
-        let title = if modified { format!("• {name}") } else { name.clone() };
+        let title = if modified {
+            format!("• {name}")
+        } else {
+            name.clone()
+        };
         imp.window_title.set_title(&title);
         let folder = file
             .as_ref()
@@ -231,7 +236,10 @@ impl KilnWindow {
             .borrow()
             .as_ref()
             .and_then(|path| path.file_name())
-            .map_or_else(|| format!("program.{extension}"), |n| n.to_string_lossy().into_owned());
+            .map_or_else(
+                || format!("program.{extension}"),
+                |n| n.to_string_lossy().into_owned(),
+            );
         dialog.set_current_name(&current);
         let then = std::cell::RefCell::new(then);
         dialog.connect_response(glib::clone!(
@@ -303,7 +311,10 @@ impl KilnWindow {
             .borrow()
             .as_ref()
             .and_then(|path| path.file_name())
-            .map_or_else(|| "Untitled".to_owned(), |n| n.to_string_lossy().into_owned());
+            .map_or_else(
+                || "Untitled".to_owned(),
+                |n| n.to_string_lossy().into_owned(),
+            );
         let dialog = adw::MessageDialog::new(
             Some(self),
             Some("Save Changes?"),

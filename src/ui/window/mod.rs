@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use adw::prelude::*;
 use adw::subclass::prelude::*;
-use gtk::{gio, glib, CompositeTemplate};
+use gtk::{CompositeTemplate, gio, glib};
 use sourceview5::prelude::*;
 
 use super::application::KilnApplication;
@@ -221,7 +221,10 @@ impl KilnWindow {
             Some("problem"),
             &[
                 ("underline", &gtk::pango::Underline::Error),
-                ("underline-rgba", &gtk::gdk::RGBA::new(0.88, 0.11, 0.14, 1.0)),
+                (
+                    "underline-rgba",
+                    &gtk::gdk::RGBA::new(0.88, 0.11, 0.14, 1.0),
+                ),
             ],
         );
         for (category, icon) in [
@@ -306,7 +309,8 @@ impl KilnWindow {
 
     fn setup_search(&self) {
         let imp = self.imp();
-        let context = sourceview5::SearchContext::new(&self.buffer(), None::<&sourceview5::SearchSettings>);
+        let context =
+            sourceview5::SearchContext::new(&self.buffer(), None::<&sourceview5::SearchSettings>);
         context.set_highlight(true);
         let _ = imp.search_context.set(context.clone());
         imp.search_bar.connect_entry(&*imp.search_entry);
@@ -315,7 +319,9 @@ impl KilnWindow {
             #[weak]
             context,
             move |entry| {
-                context.settings().set_search_text(Some(entry.text().as_str()).filter(|t| !t.is_empty()));
+                context
+                    .settings()
+                    .set_search_text(Some(entry.text().as_str()).filter(|t| !t.is_empty()));
             }
         ));
         imp.search_entry.connect_activate(glib::clone!(
@@ -343,7 +349,9 @@ impl KilnWindow {
             let mut after = start;
             after.forward_char();
             buffer.select_range(&end, &start);
-            self.imp().editor.scroll_to_iter(&mut after, 0.1, false, 0.0, 0.0);
+            self.imp()
+                .editor
+                .scroll_to_iter(&mut after, 0.1, false, 0.0, 0.0);
         }
     }
 
@@ -354,12 +362,14 @@ impl KilnWindow {
             self,
             move |_, line, column| window.on_problem_activated(line, column)
         ));
-        self.settings()
-            .connect_changed(Some("output-wrap"), glib::clone!(
+        self.settings().connect_changed(
+            Some("output-wrap"),
+            glib::clone!(
                 #[weak(rename_to = window)]
                 self,
                 move |settings, key| window.imp().output_pane.set_wrap(settings.boolean(key))
-            ));
+            ),
+        );
         imp.output_pane
             .set_wrap(self.settings().boolean("output-wrap"));
     }

@@ -158,7 +158,11 @@ impl KilnWindow {
             started: Instant::now(),
             got_artifact: false,
         }));
-        let verb = if intent == Intent::Build { "Building" } else { "Running" };
+        let verb = if intent == Intent::Build {
+            "Building"
+        } else {
+            "Running"
+        };
         imp.status_label.set_label(&format!("{verb} on {server}…"));
         imp.status_details.set_label("");
         self.update_job_state();
@@ -213,7 +217,9 @@ impl KilnWindow {
             };
             if let Some((stream, bytes)) = chunk {
                 match &mut pending {
-                    Some((current, buffer)) if *current == stream => buffer.extend_from_slice(bytes),
+                    Some((current, buffer)) if *current == stream => {
+                        buffer.extend_from_slice(bytes)
+                    }
                     _ => {
                         flush(&mut pending);
                         pending = Some((stream, bytes.clone()));
@@ -241,7 +247,8 @@ impl KilnWindow {
         imp.problems_pane.add_problems(problems);
         let all = imp.problems_pane.problems();
         self.update_problem_marks(&all);
-        imp.problems_page.set_badge_number(u32::try_from(all.len()).unwrap_or(u32::MAX));
+        imp.problems_page
+            .set_badge_number(u32::try_from(all.len()).unwrap_or(u32::MAX));
         imp.problems_page.set_needs_attention(!all.is_empty());
     }
 
@@ -283,9 +290,10 @@ impl KilnWindow {
         if let Some(job) = self.imp().job.borrow_mut().as_mut() {
             job.got_artifact = true;
         }
-        let file_name = std::path::Path::new(name)
-            .file_name()
-            .map_or_else(|| "program".to_owned(), |n| n.to_string_lossy().into_owned());
+        let file_name = std::path::Path::new(name).file_name().map_or_else(
+            || "program".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let next = self.imp().next_save_path.borrow_mut().take();
         match next {
             Some(path) => self.write_artifact(gio::File::for_path(path), data),
@@ -330,7 +338,12 @@ impl KilnWindow {
                     .basename()
                     .map_or_else(String::new, |n| n.display().to_string());
                 let result = file
-                    .replace_contents_future(data, None, false, gio::FileCreateFlags::REPLACE_DESTINATION)
+                    .replace_contents_future(
+                        data,
+                        None,
+                        false,
+                        gio::FileCreateFlags::REPLACE_DESTINATION,
+                    )
                     .await;
                 match result {
                     Ok(_) => {
@@ -358,10 +371,11 @@ impl KilnWindow {
         };
         imp.output_pane.finish();
         self.update_job_state();
-        imp.status_label.set_label(&verdict_label(result.verdict, job.intent));
+        imp.status_label
+            .set_label(&verdict_label(result.verdict, job.intent));
         imp.status_details.set_label(&result_details(result));
-        let has_problems = !imp.problems_pane.problems().is_empty()
-            || !imp.problems_pane.diagnostics().is_empty();
+        let has_problems =
+            !imp.problems_pane.problems().is_empty() || !imp.problems_pane.diagnostics().is_empty();
         match result.verdict {
             Verdict::CompileError => {
                 imp.pane_stack.set_visible_child_name("problems");
@@ -376,7 +390,10 @@ impl KilnWindow {
                 "app.preferences",
             ),
             Verdict::MemoryLimit => self.show_toast_with_action(
-                &format!("Memory limit exceeded on {}: the program was stopped", job.server),
+                &format!(
+                    "Memory limit exceeded on {}: the program was stopped",
+                    job.server
+                ),
                 "Preferences",
                 "app.preferences",
             ),
@@ -577,9 +594,10 @@ fn failure_message(
                     format!("{server} is shutting down: try again or switch servers"),
                     None,
                 ),
-                ErrorCode::BadRequest | ErrorCode::Internal => {
-                    (format!("{server} could not take the program: {message}"), None)
-                }
+                ErrorCode::BadRequest | ErrorCode::Internal => (
+                    format!("{server} could not take the program: {message}"),
+                    None,
+                ),
             },
             ClientError::Io { .. } | ClientError::Truncated | ClientError::Protocol(_) => (
                 format!("The connection to {server} broke before the program finished: {error}"),
@@ -616,7 +634,11 @@ mod tests {
             code: ErrorCode::Busy,
             message: "queue full".into(),
         });
-        assert!(failure_message(&busy, "example:7878", "Python").0.contains("try again"));
+        assert!(
+            failure_message(&busy, "example:7878", "Python")
+                .0
+                .contains("try again")
+        );
         let unauthorized = Failure::Client(ClientError::Server {
             code: ErrorCode::Unauthorized,
             message: String::new(),

@@ -6,8 +6,8 @@ use adw::prelude::*;
 use adw::subclass::prelude::*;
 use gtk::glib;
 
-use super::run::Target;
 use super::KilnWindow;
+use super::run::Target;
 use crate::client::{LanguageInfo, ServerInfo};
 use crate::ui::tokens;
 
@@ -55,20 +55,24 @@ impl KilnWindow {
     fn update_server_model(&self) {
         let imp = self.imp();
         let settings = self.settings();
-        let servers: Vec<String> = settings.strv("servers").iter().map(|s| s.to_string()).collect();
+        let servers: Vec<String> = settings
+            .strv("servers")
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let current = settings.string("current-server").to_string();
         let selected = servers
             .iter()
             .position(|addr| *addr == current)
             .map_or(0, |index| index + 1);
-        let changed =
-            *imp.servers.borrow() != servers || imp.server_model.n_items() == 0;
+        let changed = *imp.servers.borrow() != servers || imp.server_model.n_items() == 0;
         let previous = imp.server_dropdown.selected();
         imp.syncing.set(true);
         if changed {
             let mut labels = vec![EMBEDDED_LABEL];
             labels.extend(servers.iter().map(String::as_str));
-            imp.server_model.splice(0, imp.server_model.n_items(), &labels);
+            imp.server_model
+                .splice(0, imp.server_model.n_items(), &labels);
             imp.servers.replace(servers);
         }
         imp.server_dropdown.set_selected(selected as u32);
@@ -104,7 +108,13 @@ impl KilnWindow {
         match remote {
             Some(addr) => {
                 let token = tokens::get(&tokens::default_path(), &addr);
-                (Target::Remote { addr: addr.clone(), token }, addr)
+                (
+                    Target::Remote {
+                        addr: addr.clone(),
+                        token,
+                    },
+                    addr,
+                )
             }
             None => (Target::Embedded(self.embedded()), EMBEDDED_LABEL.to_owned()),
         }
@@ -159,9 +169,13 @@ impl KilnWindow {
             .iter()
             .position(|language| language.id == wanted)
             .unwrap_or(0);
-        let labels: Vec<&str> = languages.iter().map(|language| language.name.as_str()).collect();
+        let labels: Vec<&str> = languages
+            .iter()
+            .map(|language| language.name.as_str())
+            .collect();
         imp.syncing.set(true);
-        imp.language_model.splice(0, imp.language_model.n_items(), &labels);
+        imp.language_model
+            .splice(0, imp.language_model.n_items(), &labels);
         imp.languages.replace(languages);
         imp.language_dropdown.set_selected(selected as u32);
         imp.syncing.set(false);
