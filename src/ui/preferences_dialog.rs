@@ -463,13 +463,17 @@ mod tests {
         assert!(validate_address("[::1]:7878").is_ok());
         assert!(
             validate_address("example.org")
-                .unwrap_err()
+                .expect_err("invalid")
                 .contains("no port")
         );
-        assert!(validate_address(":7878").unwrap_err().contains("no host"));
+        assert!(
+            validate_address(":7878")
+                .expect_err("invalid")
+                .contains("no host")
+        );
         assert!(
             validate_address("a:70000")
-                .unwrap_err()
+                .expect_err("invalid")
                 .contains("1 to 65535")
         );
     }

@@ -13,6 +13,9 @@ use super::KilnWindow;
 use crate::ui::draft::{self, Draft};
 use crate::ui::languages;
 
+/// What to do once the text is saved (close the window, open another file...).
+pub type AfterSave = Box<dyn FnOnce(&KilnWindow)>;
+
 /// Quiet time after the last edit before the draft is written.
 const DRAFT_DELAY: Duration = Duration::from_millis(800);
 
@@ -217,7 +220,7 @@ impl KilnWindow {
         self.ask_save_path(None);
     }
 
-    fn ask_save_path(&self, then: Option<Box<dyn FnOnce(&Self)>>) {
+    fn ask_save_path(&self, then: Option<AfterSave>) {
         let dialog = gtk::FileChooserNative::new(
             Some("Save Program"),
             Some(self),
@@ -258,7 +261,7 @@ impl KilnWindow {
     }
 
     /// Writes the editor's text to `path`, then calls `then` if it worked.
-    pub fn save_to(&self, path: PathBuf, then: Option<Box<dyn FnOnce(&Self)>>) {
+    pub fn save_to(&self, path: PathBuf, then: Option<AfterSave>) {
         let buffer = self.buffer();
         let text = buffer
             .text(&buffer.start_iter(), &buffer.end_iter(), false)
@@ -331,7 +334,7 @@ impl KilnWindow {
         dialog.set_response_appearance("save", adw::ResponseAppearance::Suggested);
         dialog.set_default_response(Some("save"));
         dialog.set_close_response("cancel");
-        let then = std::cell::RefCell::new(Some(Box::new(then) as Box<dyn FnOnce(&Self)>));
+        let then = std::cell::RefCell::new(Some(Box::new(then) as AfterSave));
         dialog.connect_response(
             None,
             glib::clone!(
