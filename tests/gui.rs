@@ -94,6 +94,7 @@ fn main() -> ExitCode {
             "remote_server_added_in_preferences_runs_programs",
             remote_server_runs_programs,
         ),
+        ("screenshots_when_asked", screenshots),
     ];
     let mut failed = 0;
     let mut ran = 0;
@@ -542,5 +543,44 @@ fn add_server(dialog: &KilnPreferencesDialog, addr: &str, token: &str) -> Result
     dialog.token_row().set_text(token);
     click(&dialog.add_button(), "Add Server")?;
     wait_until(Duration::from_millis(200), || false);
+    Ok(())
+}
+
+/// With `KILN_SCREENSHOTS=DIR`, shows a typical state (a program, its output, a problem) light and
+/// dark at 800x600 and 1920x1080 and saves screenshots of the X screen there (ImageMagick
+/// `import`); the screen must be at least 1920x1080. Without it, does nothing.
+fn screenshots(context: &Context) -> Result<(), String> {
+    let Some(dir) = std::env::var_os("KILN_SCREENSHOTS").map(PathBuf::from) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let window = &context.window;
+    type_program(
+        window,
+        "import sys\n\n\ndef greet(name):\n    return f\"Hello, {name}!\"\n\n\nfor name in sys.stdin.read().split():\n    print(greet(name))\nprint(\"No more names\", file=sys.stderr)\n",
+    );
+    set_input(window, "Ada\nGrace\nLinus\n");
+    run_and_wait(window, &window.run_button(), "Run")?;
+    let manager = adw::StyleManager::default();
+    for (scheme, name) in [
+        (adw::ColorScheme::ForceLight, "light"),
+        (adw::ColorScheme::ForceDark, "dark"),
+    ] {
+        manager.set_color_scheme(scheme);
+        for (width, height) in [(800, 600), (1920, 1080)] {
+            window.unmaximize();
+            window.set_default_size(width, height);
+            wait_until(Duration::from_millis(700), || false);
+            let file = dir.join(format!("{name}-{width}x{height}.png"));
+            let status = std::process::Command::new("import")
+                .args(["-window", "root", "-crop", &format!("{width}x{height}+0+0")])
+                .arg(&file)
+                .status()
+                .map_err(|e| format!("cannot run import: {e}"))?;
+            check(status.success(), || format!("import failed for {}", file.display()))?;
+        }
+    }
+    manager.set_color_scheme(adw::ColorScheme::Default);
+    set_input(window, "");
     Ok(())
 }
