@@ -368,13 +368,19 @@ fn build_writes_the_compiled_program(context: &Context) -> Result<(), String> {
     check(window.status_text() == "Built", || {
         format!("status {:?}", window.status_text())
     })?;
-    check(
-        wait_until(Duration::from_secs(5), || target.exists()),
-        || format!("{} was not written", target.display()),
-    )?;
+    // GIO writes the file asynchronously: wait for the whole of it.
+    let size = || std::fs::metadata(&target).map_or(0, |m| m.len());
+    check(wait_until(Duration::from_secs(5), || size() > 16), || {
+        format!("{} was not written ({} bytes)", target.display(), size())
+    })?;
     let bytes = std::fs::read(&target).map_err(|e| e.to_string())?;
-    check(bytes.len() > 16, || {
-        format!("{} holds only {} bytes", target.display(), bytes.len())
+    // A CPython .pyc starts with a magic number ending in \r\n.
+    check(bytes.get(2..4) == Some(b"\r\n"), || {
+        format!(
+            "{} is not a .pyc: {:?}",
+            target.display(),
+            &bytes[..4.min(bytes.len())]
+        )
     })
 }
 
@@ -577,7 +583,9 @@ fn screenshots(context: &Context) -> Result<(), String> {
                 .arg(&file)
                 .status()
                 .map_err(|e| format!("cannot run import: {e}"))?;
-            check(status.success(), || format!("import failed for {}", file.display()))?;
+            check(status.success(), || {
+                format!("import failed for {}", file.display())
+            })?;
         }
     }
     manager.set_color_scheme(adw::ColorScheme::Default);
