@@ -94,6 +94,7 @@ fn main() -> ExitCode {
             "remote_server_added_in_preferences_runs_programs",
             remote_server_runs_programs,
         ),
+        ("open_edit_save_and_new_files", open_edit_save_and_new_files),
         ("screenshots_when_asked", screenshots),
     ];
     let mut failed = 0;
@@ -450,6 +451,48 @@ fn draft_is_saved(context: &Context) -> Result<(), String> {
     })
 }
 
+fn open_edit_save_and_new_files(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    let path = context.dir.join("files").join("greet.py");
+    std::fs::create_dir_all(path.parent().expect("parent")).map_err(|e| e.to_string())?;
+    std::fs::write(&path, "print('from a file')\n").map_err(|e| e.to_string())?;
+    window.open_file(gio::File::for_path(&path));
+    check(
+        wait_until(Duration::from_secs(5), || window.title_text() == "greet.py"),
+        || format!("title {:?} after opening", window.title_text()),
+    )?;
+    let buffer = window.buffer();
+    let text = buffer.text(&buffer.start_iter(), &buffer.end_iter(), false);
+    check(text == "print('from a file')\n", || {
+        format!("editor holds {text:?}")
+    })?;
+
+    type_program(window, "print('edited')\n");
+    check(window.title_text() == "• greet.py", || {
+        format!("title {:?} after an edit", window.title_text())
+    })?;
+    // Ctrl+S / the menu's Save: the file has a path, so no dialog.
+    WidgetExt::activate_action(window, "win.save", None).map_err(|e| e.to_string())?;
+    check(
+        wait_until(Duration::from_secs(5), || window.title_text() == "greet.py"),
+        || format!("title {:?} after saving", window.title_text()),
+    )?;
+    let saved = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    check(saved == "print('edited')\n", || {
+        format!("the file holds {saved:?}")
+    })?;
+
+    // New: nothing unsaved, so no question; the language's template replaces the text.
+    WidgetExt::activate_action(window, "win.new", None).map_err(|e| e.to_string())?;
+    check(window.title_text() == "Untitled", || {
+        format!("title {:?} after New", window.title_text())
+    })?;
+    let text = buffer.text(&buffer.start_iter(), &buffer.end_iter(), false);
+    check(text.contains("Hello, world!"), || {
+        format!("New gave {text:?}")
+    })
+}
+
 fn remote_server_runs_programs(context: &Context) -> Result<(), String> {
     let window = &context.window;
     let mut config = ServerConfig::loopback();
@@ -588,7 +631,44 @@ fn screenshots(context: &Context) -> Result<(), String> {
             })?;
         }
     }
+    // A syntax error with the Problems pane, dark.
+    window.unmaximize();
+    window.set_default_size(1024, 700);
+    type_program(
+        window,
+        "def area(width, height):\n    return width * height\n\nprint(area(3, 4)\n",
+    );
+    run_and_wait(window, &window.run_button(), "Run")?;
+    wait_until(Duration::from_millis(700), || false);
+    shoot(&dir.join("dark-problems.png"), 1024, 700)?;
+
+    // Preferences with sharing on (on a free port: this only runs when screenshots are asked for).
+    manager.set_color_scheme(adw::ColorScheme::ForceLight);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let settings = context.app.settings();
+    let _ = settings.set_int("share-port", i32::from(port));
+    let _ = settings.set_boolean("share-on-network", true);
+    let dialog = open_preferences(context)?;
+    dialog.set_visible_page_name("servers");
+    wait_until(Duration::from_secs(3), || false);
+    shoot(&dir.join("light-preferences.png"), 1024, 700)?;
+    dialog.close();
+    let _ = settings.set_boolean("share-on-network", false);
     manager.set_color_scheme(adw::ColorScheme::Default);
     set_input(window, "");
     Ok(())
+}
+
+fn shoot(file: &std::path::Path, width: u32, height: u32) -> Result<(), String> {
+    let status = std::process::Command::new("import")
+        .args(["-window", "root", "-crop", &format!("{width}x{height}+0+0")])
+        .arg(file)
+        .status()
+        .map_err(|e| format!("cannot run import: {e}"))?;
+    check(status.success(), || {
+        format!("import failed for {}", file.display())
+    })
 }
