@@ -387,7 +387,24 @@ fn build_writes_the_compiled_program(context: &Context) -> Result<(), String> {
 
 fn flood_keeps_window_responsive(context: &Context) -> Result<(), String> {
     let window = &context.window;
-    // 10 MB in 100-byte lines; the built-in server stops it at its output limit (4 MiB).
+    // 10 MB in 100-byte lines, all of it sent: raise the built-in server's output limit (the
+    // application restarts the server; wait until it reports the new limit).
+    context
+        .app
+        .settings()
+        .set_int("output-limit-mib", 16)
+        .map_err(|e| e.to_string())?;
+    let embedded = context.app.embedded();
+    let raised = wait_until(Duration::from_secs(10), || {
+        embedded.ensure_started().is_ok_and(|endpoint| {
+            kiln::client::Client::new(endpoint.connect, Some(endpoint.token))
+                .info()
+                .is_ok_and(|info| info.get("output-limit-bytes") == Some("16777216"))
+        })
+    });
+    check(raised, || {
+        "the built-in server did not take the new output limit".into()
+    })?;
     type_program(
         window,
         "import sys\nline = 'x' * 99 + '\\n'\nfor _ in range(100):\n    sys.stdout.write(line * 1000)\n",
@@ -427,6 +444,16 @@ fn flood_keeps_window_responsive(context: &Context) -> Result<(), String> {
     check(output.contains("Output truncated"), || {
         "no truncation notice".into()
     })?;
+    check(window.status_text() == "Finished", || {
+        format!(
+            "status {:?}: the 10 MB did not all arrive",
+            window.status_text()
+        )
+    })?;
+    check(
+        output.contains("more bytes of output were not shown"),
+        || "no count of the hidden output".into(),
+    )?;
     check(output.len() < 2 * 1024 * 1024, || {
         format!("the pane holds {} bytes", output.len())
     })?;
@@ -445,6 +472,14 @@ fn draft_is_saved(context: &Context) -> Result<(), String> {
         }),
         || format!("{} does not hold the text", draft.display()),
     )?;
+    // A new window (as after a restart) starts from the draft.
+    let second = KilnWindow::new(&context.app);
+    let buffer = second.buffer();
+    let restored = buffer.text(&buffer.start_iter(), &buffer.end_iter(), false);
+    second.destroy();
+    check(restored == "print('draft survives')\n", || {
+        format!("a new window restored {restored:?}")
+    })?;
     // Typed but never saved to a file: the title says so.
     check(window.title_text() == "• Untitled", || {
         format!("title {:?}", window.title_text())

@@ -29,6 +29,9 @@ mod imp {
     #[derive(Debug, Default, CompositeTemplate)]
     #[template(resource = "/io/github/kiln/Kiln/ui/output-pane.ui")]
     pub struct KilnOutputPane {
+        /// The direct child; bound so `dispose_template` unparents it.
+        #[template_child]
+        pub(super) paned: TemplateChild<gtk::Paned>,
         #[template_child]
         pub(super) stack: TemplateChild<gtk::Stack>,
         #[template_child]
