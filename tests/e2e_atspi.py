@@ -58,6 +58,17 @@ def text_of(node):
     return text.getText(0, text.characterCount)
 
 
+def ctrl_return():
+    """Presses Ctrl+Return through AT-SPI (XTest under X11)."""
+    control_mask = 1 << 2
+    return_keysym = 0xFF0D
+    pyatspi.Registry.generateKeyboardEvent(control_mask, None, pyatspi.KEY_LOCKMODIFIERS)
+    try:
+        pyatspi.Registry.generateKeyboardEvent(return_keysym, None, pyatspi.KEY_SYM)
+    finally:
+        pyatspi.Registry.generateKeyboardEvent(control_mask, None, pyatspi.KEY_UNLOCKMODIFIERS)
+
+
 def main():
     binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/kiln")
     home = tempfile.mkdtemp(prefix="kiln-e2e-")
@@ -107,10 +118,9 @@ def main():
         wait_for("the typed program in the editor", lambda: program in text_of(editor))
         log("typed the program")
 
-        # Press Run as a person would: through the button's action.
-        action = run.queryAction()
-        action.doAction(0)
-        log("pressed Run")
+        # Run with the keyboard shortcut, Ctrl+Return, while typing in the editor.
+        ctrl_return()
+        log("pressed Ctrl+Return")
 
         def output_has_result():
             # The output view appears once the job starts (the empty state is shown before).
@@ -120,6 +130,23 @@ def main():
         wait_for("the program's output in the Output pane", output_has_result)
         status = wait_for("the status line", lambda: find(app, pyatspi.ROLE_LABEL, "Finished"))
         log(f"status line says {status.name!r}")
+
+        # A second run with the Run button, pressed through its accessible action, reading stdin
+        # from the Input area.
+        program = "print(input()[::-1])"
+        editable.deleteText(0, editor.queryText().characterCount)
+        pyatspi.Registry.generateKeyboardEvent(0, program, pyatspi.KEY_STRING)
+        wait_for("the second program in the editor", lambda: program in text_of(editor))
+        stdin = wait_for("the Input area", lambda: find(app, pyatspi.ROLE_TEXT, "Program input"))
+        stdin.queryEditableText().setTextContents("level up\n")
+        run.queryAction().doAction(0)
+        log("pressed Run")
+
+        def output_has_reversed():
+            output = find(app, pyatspi.ROLE_TEXT, output_name)
+            return output is not None and "pu level" in text_of(output)
+
+        wait_for("the reversed input in the Output pane", output_has_reversed)
         log("PASS")
         return 0
     except AssertionError as error:
