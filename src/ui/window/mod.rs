@@ -98,6 +98,8 @@ mod imp {
         pub(super) close_confirmed: Cell<bool>,
         /// Search in the editor.
         pub(super) search_context: OnceCell<sourceview5::SearchContext>,
+        /// The editor's font, as CSS; reloaded when the setting changes.
+        pub(super) font_provider: OnceCell<gtk::CssProvider>,
     }
 
     #[glib::object_subclass]
@@ -280,14 +282,17 @@ impl KilnWindow {
             ));
         }
         css.push_str(" }");
-        let provider = gtk::CssProvider::new();
-        provider.load_from_data(&css);
         let editor = &self.imp().editor;
-        editor.add_css_class("kiln-editor");
-        #[allow(deprecated)] // Widget-level providers are the only per-widget way in GTK 4.8.
-        editor
-            .style_context()
-            .add_provider(&provider, gtk::STYLE_PROVIDER_PRIORITY_APPLICATION);
+        let provider = self.imp().font_provider.get_or_init(|| {
+            let provider = gtk::CssProvider::new();
+            editor.add_css_class("kiln-editor");
+            #[allow(deprecated)] // Widget-level providers are the only per-widget way in GTK 4.8.
+            editor
+                .style_context()
+                .add_provider(&provider, gtk::STYLE_PROVIDER_PRIORITY_APPLICATION);
+            provider
+        });
+        provider.load_from_data(&css);
     }
 
     /// Light or dark highlighting, following the system preference.

@@ -148,6 +148,7 @@ impl KilnWindow {
         imp.problems_pane.clear();
         self.update_problem_marks(&[]);
         imp.problems_page.set_needs_attention(false);
+        imp.problems_page.set_badge_number(0);
         imp.pane_stack.set_visible_child_name("output");
         let cancel = Arc::new(CancelFlag::default());
         imp.job.replace(Some(JobControl {
