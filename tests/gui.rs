@@ -95,6 +95,11 @@ fn main() -> ExitCode {
             remote_server_runs_programs,
         ),
         ("open_edit_save_and_new_files", open_edit_save_and_new_files),
+        ("time_limit_is_reported", time_limit_is_reported),
+        (
+            "unreachable_server_says_what_to_do",
+            unreachable_server_says_what_to_do,
+        ),
         ("screenshots_when_asked", screenshots),
     ];
     let mut failed = 0;
@@ -484,6 +489,67 @@ fn draft_is_saved(context: &Context) -> Result<(), String> {
     check(window.title_text() == "• Untitled", || {
         format!("title {:?}", window.title_text())
     })
+}
+
+fn time_limit_is_reported(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    let settings = context.app.settings();
+    settings
+        .set_int("time-limit-seconds", 1)
+        .map_err(|e| e.to_string())?;
+    let embedded = context.app.embedded();
+    let lowered = wait_until(Duration::from_secs(10), || {
+        embedded.ensure_started().is_ok_and(|endpoint| {
+            kiln::client::Client::new(endpoint.connect, Some(endpoint.token))
+                .info()
+                .is_ok_and(|info| info.get("time-limit-ms") == Some("1000"))
+        })
+    });
+    check(lowered, || {
+        "the built-in server did not take the new time limit".into()
+    })?;
+    type_program(window, "import time\ntime.sleep(5)\nprint('too late')\n");
+    run_and_wait(window, &window.run_button(), "Run")?;
+    settings.reset("time-limit-seconds");
+    check(window.status_text() == "Time limit exceeded", || {
+        format!("status {:?}", window.status_text())
+    })?;
+    check(!window.output_pane().text().contains("too late"), || {
+        "the program ran past its limit".into()
+    })
+}
+
+fn unreachable_server_says_what_to_do(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    // A loopback port nobody listens on: bind a free one and let it go.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let dialog = open_preferences(context)?;
+    add_server(&dialog, &addr, "")?;
+    check(
+        wait_until(JOB_TIMEOUT, || {
+            dialog
+                .server_statuses()
+                .iter()
+                .any(|(a, s)| *a == addr && s.starts_with("Not reachable"))
+        }),
+        || format!("no 'Not reachable' in {:?}", dialog.server_statuses()),
+    )?;
+    dialog.close();
+    type_program(window, "print('nowhere')\n");
+    run_and_wait(window, &window.run_button(), "Run")?;
+    check(window.status_text() == "Failed", || {
+        format!("status {:?}", window.status_text())
+    })?;
+    let output = window.output_pane().text();
+    check(
+        output.contains("Cannot reach") && output.contains("This computer"),
+        || format!("no advice in {output:?}"),
+    )?;
+    window.server_dropdown().set_selected(0);
+    Ok(())
 }
 
 fn open_edit_save_and_new_files(context: &Context) -> Result<(), String> {
