@@ -97,6 +97,10 @@ fn main() -> ExitCode {
         ("open_edit_save_and_new_files", open_edit_save_and_new_files),
         ("time_limit_is_reported", time_limit_is_reported),
         (
+            "menu_opens_shortcuts_about_and_preferences",
+            menu_windows_open,
+        ),
+        (
             "unreachable_server_says_what_to_do",
             unreachable_server_says_what_to_do,
         ),
@@ -489,6 +493,32 @@ fn draft_is_saved(context: &Context) -> Result<(), String> {
     check(window.title_text() == "• Untitled", || {
         format!("title {:?}", window.title_text())
     })
+}
+
+fn menu_windows_open(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    let toplevel = |type_name: &str| {
+        gtk::Window::list_toplevels()
+            .into_iter()
+            .filter_map(|w| w.downcast::<gtk::Window>().ok())
+            .find(|w| w.type_().name() == type_name && w.is_visible())
+    };
+    for (action, type_name) in [
+        ("win.show-help-overlay", "GtkShortcutsWindow"),
+        ("app.about", "AdwAboutWindow"),
+        ("app.preferences", "KilnPreferencesDialog"),
+    ] {
+        WidgetExt::activate_action(window, action, None).map_err(|e| format!("{action}: {e}"))?;
+        let mut shown = None;
+        wait_until(Duration::from_secs(5), || {
+            shown = toplevel(type_name);
+            shown.is_some()
+        });
+        let shown = shown.ok_or_else(|| format!("{action} did not open a {type_name}"))?;
+        shown.close();
+        wait_until(Duration::from_millis(100), || false);
+    }
+    Ok(())
 }
 
 fn time_limit_is_reported(context: &Context) -> Result<(), String> {
