@@ -18,6 +18,7 @@ use adw::prelude::*;
 use gtk::{gio, glib};
 use kiln::server::{ServerConfig, Token};
 use kiln::ui::{KilnApplication, KilnPreferencesDialog, KilnWindow};
+use sourceview5::prelude::*;
 
 /// Longest wait for a program to finish; generous for a loaded CI machine.
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,6 +97,7 @@ fn main() -> ExitCode {
         ),
         ("open_edit_save_and_new_files", open_edit_save_and_new_files),
         ("time_limit_is_reported", time_limit_is_reported),
+        ("preferences_apply_to_editor_and_output", preferences_apply),
         (
             "menu_opens_shortcuts_about_and_preferences",
             menu_windows_open,
@@ -519,6 +521,68 @@ fn menu_windows_open(context: &Context) -> Result<(), String> {
         wait_until(Duration::from_millis(100), || false);
     }
     Ok(())
+}
+
+fn preferences_apply(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    let dialog = open_preferences(context)?;
+    // Change them through the dialog's own controls, found by the row a user reads.
+    let spin = row_control::<gtk::SpinButton>(dialog.upcast_ref(), "Tab Width")
+        .ok_or("no Tab Width control")?;
+    spin.set_value(8.0);
+    let wrap = row_control::<gtk::Switch>(dialog.upcast_ref(), "Wrap Long Lines")
+        .ok_or("no Wrap Long Lines control")?;
+    let wrap_wanted = !wrap.is_active();
+    wrap.set_active(wrap_wanted);
+    wait_until(Duration::from_millis(100), || false);
+    dialog.close();
+    let editor = window.editor();
+    check(
+        editor.tab_width() == 8 && editor.indent_width() == 8,
+        || {
+            format!(
+                "editor tab/indent width {}/{}",
+                editor.tab_width(),
+                editor.indent_width()
+            )
+        },
+    )?;
+    let wrap_mode = window.output_pane().output_view().wrap_mode();
+    let expected = if wrap_wanted {
+        gtk::WrapMode::WordChar
+    } else {
+        gtk::WrapMode::None
+    };
+    check(wrap_mode == expected, || {
+        format!("output wrap {wrap_mode:?}")
+    })?;
+    let settings = context.app.settings();
+    settings.reset("tab-width");
+    settings.reset("output-wrap");
+    Ok(())
+}
+
+/// The control of type `T` inside the first `AdwActionRow` titled `title` under `root`.
+fn row_control<T: IsA<gtk::Widget>>(root: &gtk::Widget, title: &str) -> Option<T> {
+    let row = descendants(root).into_iter().find(|widget| {
+        widget
+            .downcast_ref::<adw::ActionRow>()
+            .is_some_and(|row| row.title() == title)
+    })?;
+    descendants(&row)
+        .into_iter()
+        .find_map(|widget| widget.downcast::<T>().ok())
+}
+
+fn descendants(root: &gtk::Widget) -> Vec<gtk::Widget> {
+    let mut all = Vec::new();
+    let mut child = root.first_child();
+    while let Some(widget) = child {
+        all.push(widget.clone());
+        all.extend(descendants(&widget));
+        child = widget.next_sibling();
+    }
+    all
 }
 
 fn time_limit_is_reported(context: &Context) -> Result<(), String> {
