@@ -81,6 +81,10 @@ fn main() -> ExitCode {
             "syntax_error_lists_a_problem_that_moves_the_cursor",
             syntax_error_lists_a_problem,
         ),
+        (
+            "check_finds_problems_without_running",
+            check_finds_problems_without_running,
+        ),
         ("stop_ends_an_endless_program", stop_ends_an_endless_program),
         (
             "build_writes_the_compiled_program",
@@ -336,6 +340,35 @@ fn syntax_error_lists_a_problem(context: &Context) -> Result<(), String> {
     })?;
     check(window.editor().has_focus(), || {
         "the editor did not get the focus".into()
+    })
+}
+
+fn check_finds_problems_without_running(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    type_program(window, "print('not run')\nif True\n    pass\n");
+    WidgetExt::activate_action(window, "win.check", None).map_err(|e| e.to_string())?;
+    check(window.is_running(), || "Check did not start a job".into())?;
+    check(wait_until(JOB_TIMEOUT, || !window.is_running()), || {
+        "Check did not end".into()
+    })?;
+    let problems = window.problems_pane().problems();
+    check(problems.first().is_some_and(|p| p.line == 2), || {
+        format!("problems {problems:?}")
+    })?;
+    check(!window.output_pane().text().contains("not run"), || {
+        "Check ran the program".into()
+    })?;
+
+    type_program(window, "print('not run either')\n");
+    WidgetExt::activate_action(window, "win.check", None).map_err(|e| e.to_string())?;
+    check(wait_until(JOB_TIMEOUT, || !window.is_running()), || {
+        "Check did not end".into()
+    })?;
+    check(window.status_text() == "No problems found", || {
+        format!("status {:?}", window.status_text())
+    })?;
+    check(window.problems_pane().problems().is_empty(), || {
+        "stale problems".into()
     })
 }
 

@@ -134,6 +134,7 @@ impl KilnApplication {
         self.set_accels_for_action("win.run", &["<Control>Return"]);
         self.set_accels_for_action("win.stop", &["Escape", "<Control>period"]);
         self.set_accels_for_action("win.build", &["<Control><Shift>s"]);
+        self.set_accels_for_action("win.check", &["F7"]);
         self.set_accels_for_action("win.new", &["<Control>n"]);
         self.set_accels_for_action("win.open", &["<Control>o"]);
         self.set_accels_for_action("win.save", &["<Control>s"]);

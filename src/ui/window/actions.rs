@@ -1,4 +1,4 @@
-//! The window's actions (`win.*`): run, stop, build, new, open, save, save-as, find. Their
+//! The window's actions (`win.*`): run, stop, build, check, new, open, save, save-as, find. Their
 //! accelerators are set by the application; their enabled states follow the job (`update_job_state`)
 //! so the buttons bound to them grey out by themselves.
 
@@ -16,6 +16,9 @@ impl KilnWindow {
             .build();
         let build = gio::ActionEntry::builder("build")
             .activate(|window: &Self, _, _| window.start_job(Intent::Build))
+            .build();
+        let check = gio::ActionEntry::builder("check")
+            .activate(|window: &Self, _, _| window.start_job(Intent::Check))
             .build();
         let stop = gio::ActionEntry::builder("stop")
             .activate(|window: &Self, _, _| window.on_stop())
@@ -42,7 +45,7 @@ impl KilnWindow {
                 }
             })
             .build();
-        self.add_action_entries([run, build, stop, new, open, save, save_as, find]);
+        self.add_action_entries([run, build, check, stop, new, open, save, save_as, find]);
     }
 
     /// Enables or disables one of the window's actions.
@@ -57,6 +60,7 @@ impl KilnWindow {
         let running = self.is_running();
         self.set_action_enabled("run", !running);
         self.set_action_enabled("build", !running);
+        self.set_action_enabled("check", !running);
         self.set_action_enabled("stop", running);
         let imp = self.imp();
         imp.spinner.set_visible(running);

@@ -1,4 +1,4 @@
-//! Running a job (RUN or BUILD) on the current server. A worker thread talks to the server with
+//! Running a job (RUN, CHECK or BUILD) on the current server. A worker thread talks to the server with
 //! the blocking `crate::client` and sends [`RunUpdate`]s over an `async_channel`; a local future on
 //! the main loop drains them in batches (one text insertion per stream per batch, then a pause of a
 //! frame) so a program that floods its output cannot freeze the window. Stop closes the
@@ -123,7 +123,7 @@ impl JobControl {
 }
 
 impl KilnWindow {
-    /// Sends the editor's program to the current server as `intent` (RUN or BUILD).
+    /// Sends the editor's program to the current server as `intent` (RUN, CHECK or BUILD).
     pub(super) fn start_job(&self, intent: Intent) {
         if self.is_running() {
             return;
@@ -502,6 +502,7 @@ fn run_job(
 fn verdict_label(verdict: Verdict, intent: Intent) -> String {
     match verdict {
         Verdict::Ok if intent == Intent::Build => "Built".into(),
+        Verdict::Ok if intent == Intent::Check => "No problems found".into(),
         Verdict::Ok => "Finished".into(),
         Verdict::Pong => "Reachable".into(),
         Verdict::CompileError => "Compile error".into(),
