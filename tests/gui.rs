@@ -470,6 +470,10 @@ fn flood_keeps_window_responsive(context: &Context) -> Result<(), String> {
             }
         ),
     );
+    // The same ticker with nothing running, as the yardstick for the stall below.
+    last.set(Instant::now());
+    wait_until(Duration::from_millis(500), || false);
+    let idle_gap = gaps.replace(Duration::ZERO);
     let started = Instant::now();
     last.set(started);
     let result = run_and_wait(window, &window.run_button(), "Run");
@@ -478,10 +482,12 @@ fn flood_keeps_window_responsive(context: &Context) -> Result<(), String> {
     let elapsed = started.elapsed();
     let output = window.output_pane().text();
     eprintln!(
-        "  {} KiB shown in {} ms; longest main-loop stall {} ms; status {} ({})",
+        "  {} KiB shown in {} ms; longest main-loop stall {} ms (idle: {} ms, ratio {:.1}); status {} ({})",
         output.len() / 1024,
         elapsed.as_millis(),
         gaps.get().as_millis(),
+        idle_gap.as_millis(),
+        gaps.get().as_secs_f64() / idle_gap.as_secs_f64().max(0.001),
         window.status_text(),
         window.status_details()
     );
