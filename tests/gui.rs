@@ -705,6 +705,27 @@ fn open_edit_save_and_new_files(context: &Context) -> Result<(), String> {
     check(window.title_text() == "• greet.py", || {
         format!("title {:?} after an edit", window.title_text())
     })?;
+    // Closing with unsaved changes to a file asks first; Cancel keeps the window.
+    window.close();
+    let mut question = None;
+    wait_until(Duration::from_secs(5), || {
+        question = gtk::Window::list_toplevels()
+            .into_iter()
+            .find_map(|w| w.downcast::<adw::MessageDialog>().ok())
+            .filter(|dialog| dialog.is_visible());
+        question.is_some()
+    });
+    let question = question.ok_or("closing with unsaved changes did not ask")?;
+    check(
+        question.has_response("save") && question.has_response("discard"),
+        || "the question offers no Save and Discard".into(),
+    )?;
+    question.response("cancel");
+    wait_until(Duration::from_millis(200), || false);
+    check(window.is_visible(), || {
+        "Cancel did not keep the window open".into()
+    })?;
+
     // Ctrl+S / the menu's Save: the file has a path, so no dialog.
     WidgetExt::activate_action(window, "win.save", None).map_err(|e| e.to_string())?;
     check(

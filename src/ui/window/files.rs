@@ -55,7 +55,7 @@ impl KilnWindow {
     }
 
     /// Replaces the editor's text without an undo step (a new file starts with a clean history).
-    fn replace_text(&self, text: &str) {
+    pub(super) fn replace_text(&self, text: &str) {
         let buffer = self.buffer();
         buffer.begin_irreversible_action();
         buffer.set_text(text);

@@ -191,12 +191,30 @@ impl KilnWindow {
             return;
         }
         if let Some(language) = self.current_language() {
+            let previous = self.settings().string("last-language").to_string();
             let _ = self.settings().set_string("last-language", &language.id);
             self.update_highlighting(&language.id);
+            self.update_template(&previous, &language.id);
             self.imp()
                 .language_dropdown
                 .set_tooltip_text(Some(&format!("{} {}", language.name, language.version)));
             self.schedule_draft_save();
+        }
+    }
+
+    /// Swaps an untouched template of `previous` for the template of `language`, so a new file
+    /// starts right in the language chosen; real text is never replaced.
+    fn update_template(&self, previous: &str, language: &str) {
+        if self.imp().file.borrow().is_some() {
+            return;
+        }
+        let buffer = self.buffer();
+        let text = buffer.text(&buffer.start_iter(), &buffer.end_iter(), false);
+        let pristine = text.trim().is_empty() || text == crate::ui::languages::template(previous);
+        let template = crate::ui::languages::template(language);
+        if pristine && !template.is_empty() && text != template {
+            self.replace_text(template);
+            buffer.set_modified(false);
         }
     }
 
