@@ -1,5 +1,6 @@
 //! Build script: records the git commit for `kiln --version` and, with the `gui` feature, compiles
-//! the GResource bundle from `resources/`.
+//! the GResource bundle from `resources/` and the GSettings schema from `data/` (so `cargo run` and
+//! `cargo test` work without an installed schema; `src/ui/settings.rs` falls back to it).
 
 use std::process::Command;
 
@@ -41,13 +42,63 @@ fn git_commit() -> Option<String> {
 
 #[cfg(feature = "gui")]
 mod gui {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// The app id when meson does not pass one; keep in sync with `meson_options.txt`.
+    const DEFAULT_APP_ID: &str = "io.github.kiln.Kiln";
+
     pub fn compile_resources() {
+        println!("cargo:rerun-if-env-changed=APP_ID");
+        println!("cargo:rerun-if-changed=resources");
+        compile_schema();
         if std::path::Path::new("resources/resources.gresource.xml").exists() {
             glib_build_tools::compile_resources(
                 &["resources"],
                 "resources/resources.gresource.xml",
                 "kiln.gresource",
             );
+        }
+    }
+
+    /// Writes the schema for this app id into `OUT_DIR/schemas` and compiles it there; the app
+    /// uses it when no installed schema is found. A missing `glib-compile-schemas` is a warning:
+    /// the app then needs the installed schema.
+    fn compile_schema() {
+        let template = "data/io.github.kiln.Kiln.gschema.xml.in";
+        println!("cargo:rerun-if-changed={template}");
+        let Ok(text) = std::fs::read_to_string(template) else {
+            return;
+        };
+        let app_id = std::env::var("APP_ID").unwrap_or_else(|_| DEFAULT_APP_ID.to_owned());
+        let path = format!("/{}/", app_id.replace('.', "/"));
+        let text = text
+            .replace("@APP_ID@", &app_id)
+            .replace("@SCHEMA_PATH@", &path);
+        let Some(out_dir) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
+            return;
+        };
+        let dir = out_dir.join("schemas");
+        if std::fs::create_dir_all(&dir).is_err()
+            || std::fs::write(dir.join(format!("{app_id}.gschema.xml")), text).is_err()
+        {
+            println!(
+                "cargo:warning=cannot write the GSettings schema to {}",
+                dir.display()
+            );
+            return;
+        }
+        match Command::new("glib-compile-schemas")
+            .arg("--strict")
+            .arg(&dir)
+            .status()
+        {
+            Ok(status) if status.success() => {
+                println!("cargo:rustc-env=KILN_SCHEMA_DIR={}", dir.display());
+            }
+            _ => println!(
+                "cargo:warning=glib-compile-schemas failed; the app needs an installed schema"
+            ),
         }
     }
 }
