@@ -513,6 +513,7 @@ fn verdict_label(verdict: Verdict, intent: Intent) -> String {
         Verdict::OutputLimit => "Output limit exceeded".into(),
         Verdict::Cancelled => "Stopped".into(),
         Verdict::InternalError => "Server error".into(),
+        Verdict::LockUnavailable => "Cluster lock unavailable".into(),
     }
 }
 
