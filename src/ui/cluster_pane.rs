@@ -184,7 +184,10 @@ impl KilnClusterPane {
         imp.leaders_shown.set(leaders);
 
         let lock = match snapshot.status.lock_holder() {
-            Some(holder) => format!("Lock: held by node {} (fence {})", holder.node, holder.fence),
+            Some(holder) => format!(
+                "Lock: held by node {} (fence {})",
+                holder.node, holder.fence
+            ),
             None if leader.is_some() => "Lock: free".to_owned(),
             None => "Lock: no leader acting".to_owned(),
         };
@@ -311,14 +314,41 @@ impl KilnClusterPane {
         }
         imp.arrows_drawn.set(arrows);
 
+        // A legend in the bottom right corner, in the same colours.
+        cr.set_font_size(11.0);
+        let mut x = right - 250.0;
+        let y = height - 8.0;
+        for (label, (r, g, b)) in [
+            ("election", ELECTION_COLOUR),
+            ("lock", LOCK_COLOUR),
+            ("other event", (fr, fg, fb)),
+        ] {
+            cr.set_source_rgb(r, g, b);
+            cr.arc(x, y - 4.0, 3.5, 0.0, std::f64::consts::TAU);
+            let _ = cr.fill();
+            cr.set_source_rgba(fr, fg, fb, 0.7);
+            cr.move_to(x + 7.0, y);
+            let _ = cr.show_text(label);
+            x += 75.0;
+        }
+
         for (index, event) in events.iter().enumerate() {
             let (r, g, b) = dot_colour(&event.event).unwrap_or((fr, fg, fb));
             cr.set_source_rgb(r, g, b);
-            cr.arc(x_of(index), lane_y[&event.node], 3.5, 0.0, std::f64::consts::TAU);
+            cr.arc(
+                x_of(index),
+                lane_y[&event.node],
+                3.5,
+                0.0,
+                std::f64::consts::TAU,
+            );
             let _ = cr.fill();
         }
     }
 }
+
+const ELECTION_COLOUR: (f64, f64, f64) = (0.88, 0.11, 0.14);
+const LOCK_COLOUR: (f64, f64, f64) = (0.18, 0.76, 0.49);
 
 /// Election events red, lock events green, messages in the text colour.
 fn dot_colour(event: &Event) -> Option<(f64, f64, f64)> {
@@ -329,10 +359,14 @@ fn dot_colour(event: &Event) -> Option<(f64, f64, f64)> {
         | Event::Regained
         | Event::LostMajority
         | Event::SteppedDown
-        | Event::LeaderChanged { .. } => Some((0.88, 0.11, 0.14)),
-        Event::Granted { .. } | Event::Adopted { .. } | Event::Queued { .. } => {
-            Some((0.18, 0.76, 0.49))
-        }
+        | Event::LeaderChanged { .. } => Some(ELECTION_COLOUR),
+        Event::Granted { .. }
+        | Event::Adopted { .. }
+        | Event::Queued { .. }
+        | Event::Requested { .. }
+        | Event::Acquired { .. }
+        | Event::Released { .. }
+        | Event::Freed { .. } => Some(LOCK_COLOUR),
         _ => None,
     }
 }
