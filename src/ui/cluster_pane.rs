@@ -33,6 +33,9 @@ mod imp {
     #[derive(Debug, Default, CompositeTemplate)]
     #[template(resource = "/io/github/kiln/Kiln/ui/cluster-pane.ui")]
     pub struct KilnClusterPane {
+        /// The top box; a template child so `dispose_template` unparents it.
+        #[template_child]
+        pub(super) content: TemplateChild<gtk::Box>,
         #[template_child]
         pub(super) nodes_list: TemplateChild<gtk::ListBox>,
         #[template_child]
