@@ -837,13 +837,14 @@ fn remote_server_runs_programs(context: &Context) -> Result<(), String> {
 }
 
 /// A real 3-node cluster added as a remote server: the Cluster page appears, lists all nodes with
-/// one leader, and its diagram draws messages between them; switching back hides it.
+/// one leader, and its diagram draws messages between them; killing the leader shows it
+/// unreachable and a new leader; switching back to This computer hides the page.
 fn cluster_view_shows_nodes_leader_and_messages(context: &Context) -> Result<(), String> {
     let window = &context.window;
     check(!window.cluster_page_visible(), || {
         "the Cluster page shows for a server that is not in a cluster".into()
     })?;
-    let cluster = cluster_support::TestCluster::start(3, 100);
+    let mut cluster = cluster_support::TestCluster::start(3, 100);
     let addr = cluster.addrs[0].clone();
     let dialog = open_preferences(context)?;
     add_server(&dialog, &addr, cluster_support::TOKEN)?;
@@ -863,6 +864,20 @@ fn cluster_view_shows_nodes_leader_and_messages(context: &Context) -> Result<(),
             pane.nodes_shown(),
             pane.leaders_shown(),
             pane.arrows_drawn()
+        )
+    })?;
+
+    // Kill the leader (the highest id, 3): the page must follow the re-election live.
+    cluster.kill(3);
+    let followed = wait_until(JOB_TIMEOUT, || {
+        pane.nodes_shown() == 3 && pane.unreachable_shown() == 1 && pane.leaders_shown() == 1
+    });
+    check(followed, || {
+        format!(
+            "after killing the leader the page shows {} nodes, {} unreachable, {} leaders",
+            pane.nodes_shown(),
+            pane.unreachable_shown(),
+            pane.leaders_shown()
         )
     })?;
     if let Some(dir) = std::env::var_os("KILN_SCREENSHOTS").map(PathBuf::from) {

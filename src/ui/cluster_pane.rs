@@ -54,6 +54,8 @@ mod imp {
         pub(super) nodes_shown: Cell<usize>,
         /// Nodes shown as the acting leader.
         pub(super) leaders_shown: Cell<usize>,
+        /// Nodes shown as unreachable.
+        pub(super) unreachable_shown: Cell<usize>,
         /// Send→receive arrows in the last drawing.
         pub(super) arrows_drawn: Cell<usize>,
     }
@@ -118,6 +120,11 @@ impl KilnClusterPane {
         self.imp().leaders_shown.get()
     }
 
+    /// How many nodes the list shows as unreachable.
+    pub fn unreachable_shown(&self) -> usize {
+        self.imp().unreachable_shown.get()
+    }
+
     /// How many send→receive arrows the diagram drew last time it was drawn.
     pub fn arrows_drawn(&self) -> usize {
         self.imp().arrows_drawn.get()
@@ -130,6 +137,7 @@ impl KilnClusterPane {
         self.set_row_count(0);
         imp.nodes_shown.set(0);
         imp.leaders_shown.set(0);
+        imp.unreachable_shown.set(0);
         imp.lock_label.set_label("Asking the cluster…");
         imp.queue_label.set_label("");
         imp.error_label.set_visible(false);
@@ -185,6 +193,14 @@ impl KilnClusterPane {
         drop(rows);
         imp.nodes_shown.set(snapshot.status.nodes.len());
         imp.leaders_shown.set(leaders);
+        imp.unreachable_shown.set(
+            snapshot
+                .status
+                .nodes
+                .iter()
+                .filter(|node| node.status.is_none())
+                .count(),
+        );
 
         let lock = match snapshot.status.lock_holder() {
             Some(holder) => format!(
@@ -221,6 +237,7 @@ impl KilnClusterPane {
         }
         while rows.len() < count {
             let row = adw::ActionRow::new();
+            row.set_subtitle_lines(2);
             let icon = gtk::Image::new();
             row.add_prefix(&icon);
             imp.nodes_list.append(&row);
