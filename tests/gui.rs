@@ -886,6 +886,11 @@ fn cluster_view_shows_nodes_leader_and_messages(context: &Context) -> Result<(),
         window.set_default_size(1024, 700);
         wait_until(Duration::from_millis(1200), || false);
         shoot(&dir.join("light-cluster.png"), 1024, 700)?;
+        let manager = adw::StyleManager::default();
+        manager.set_color_scheme(adw::ColorScheme::ForceDark);
+        wait_until(Duration::from_millis(700), || false);
+        shoot(&dir.join("dark-cluster.png"), 1024, 700)?;
+        manager.set_color_scheme(adw::ColorScheme::Default);
     }
 
     window.server_dropdown().set_selected(0);

@@ -13,7 +13,7 @@ use adw::prelude::*;
 use adw::subclass::prelude::*;
 use gtk::{CompositeTemplate, cairo, glib};
 
-use crate::cluster::{ClusterStatus, Event, LogEvent, NodeId};
+use crate::cluster::{ClusterStatus, Event, LogEvent, NodeId, Role};
 
 /// How many of the most recent events the diagram shows.
 pub(crate) const DIAGRAM_EVENTS: usize = 80;
@@ -173,9 +173,12 @@ impl KilnClusterPane {
                         leaders += 1;
                         "Leader".to_owned()
                     } else {
-                        match status.leader {
-                            Some(id) => format!("Follows {id}"),
-                            None => format!("{:?}", status.role),
+                        match (status.role, status.leader) {
+                            (Role::Candidate, _) => "Electing".to_owned(),
+                            (Role::AwaitingCoordinator, _) => "Awaiting coordinator".to_owned(),
+                            (Role::Coordinator, _) => "Coordinator without majority".to_owned(),
+                            (Role::Follower, Some(id)) => format!("Follows {id}"),
+                            (Role::Follower, None) => "No leader".to_owned(),
                         }
                     };
                     format!("{part} · term {} · Lamport {}", status.term, status.lamport)
