@@ -8,6 +8,8 @@
 //! Without a display the tests are skipped (exit 0) unless `KILN_GUI_TESTS_REQUIRED=1`.
 //! Arguments are substrings of scenario names to run only those.
 
+mod cluster_support;
+
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +111,10 @@ fn main() -> ExitCode {
         (
             "unreachable_server_says_what_to_do",
             unreachable_server_says_what_to_do,
+        ),
+        (
+            "cluster_view_shows_nodes_leader_and_messages",
+            cluster_view_shows_nodes_leader_and_messages,
         ),
         ("screenshots_when_asked", screenshots),
     ];
@@ -827,6 +833,72 @@ fn remote_server_runs_programs(context: &Context) -> Result<(), String> {
         || "choosing This computer did not stick".into(),
     )?;
     server.shutdown(Duration::from_secs(1));
+    Ok(())
+}
+
+/// A real 3-node cluster added as a remote server: the Cluster page appears, lists all nodes with
+/// one leader, and its diagram draws messages between them; killing the leader shows it
+/// unreachable and a new leader; switching back to This computer hides the page.
+fn cluster_view_shows_nodes_leader_and_messages(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    check(!window.cluster_page_visible(), || {
+        "the Cluster page shows for a server that is not in a cluster".into()
+    })?;
+    let mut cluster = cluster_support::TestCluster::start(3, 100);
+    let addr = cluster.addrs[0].clone();
+    let dialog = open_preferences(context)?;
+    add_server(&dialog, &addr, cluster_support::TOKEN)?;
+    dialog.close();
+    check(
+        wait_until(JOB_TIMEOUT, || window.cluster_page_visible()),
+        || "the Cluster page did not appear for a cluster node".into(),
+    )?;
+    window.show_cluster_page();
+    let pane = window.cluster_pane();
+    let shown = wait_until(JOB_TIMEOUT, || {
+        pane.nodes_shown() == 3 && pane.leaders_shown() == 1 && pane.arrows_drawn() > 0
+    });
+    check(shown, || {
+        format!(
+            "the Cluster page shows {} nodes, {} leaders, {} arrows",
+            pane.nodes_shown(),
+            pane.leaders_shown(),
+            pane.arrows_drawn()
+        )
+    })?;
+
+    // Kill the leader (the highest id, 3): the page must follow the re-election live.
+    cluster.kill(3);
+    let followed = wait_until(JOB_TIMEOUT, || {
+        pane.nodes_shown() == 3 && pane.unreachable_shown() == 1 && pane.leaders_shown() == 1
+    });
+    check(followed, || {
+        format!(
+            "after killing the leader the page shows {} nodes, {} unreachable, {} leaders",
+            pane.nodes_shown(),
+            pane.unreachable_shown(),
+            pane.leaders_shown()
+        )
+    })?;
+    if let Some(dir) = std::env::var_os("KILN_SCREENSHOTS").map(PathBuf::from) {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        window.unmaximize();
+        window.set_default_size(1024, 700);
+        wait_until(Duration::from_millis(1200), || false);
+        shoot(&dir.join("light-cluster.png"), 1024, 700)?;
+        let manager = adw::StyleManager::default();
+        manager.set_color_scheme(adw::ColorScheme::ForceDark);
+        wait_until(Duration::from_millis(700), || false);
+        shoot(&dir.join("dark-cluster.png"), 1024, 700)?;
+        manager.set_color_scheme(adw::ColorScheme::Default);
+    }
+
+    window.server_dropdown().set_selected(0);
+    check(
+        wait_until(JOB_TIMEOUT, || !window.cluster_page_visible()),
+        || "the Cluster page stayed for This computer".into(),
+    )?;
+    drop(cluster);
     Ok(())
 }
 

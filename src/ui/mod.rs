@@ -1,12 +1,13 @@
 //! The GNOME desktop app, built with the `gui` feature. `run` is the entry `crate::cli` calls when
 //! `kiln` starts with no subcommand. One widget per file: `application.rs` (KilnApplication),
-//! `window/` (KilnWindow, split by concern), `output_pane.rs`, `problems_pane.rs`,
+//! `window/` (KilnWindow, split by concern), `output_pane.rs`, `cluster_pane.rs`, `problems_pane.rs`,
 //! `preferences_dialog.rs`; plain helpers beside them: `config.rs` (app id), `settings.rs`
 //! (GSettings), `embedded.rs` (in-process server), `tokens.rs`, `draft.rs`, `languages.rs`.
 //! Templates and CSS are in `resources/`; desktop files, schema and icons in `data/`.
 //! The app talks to servers only through `crate::client`, on worker threads.
 
 mod application;
+mod cluster_pane;
 pub mod config;
 mod draft;
 mod embedded;
@@ -24,6 +25,7 @@ use gtk::gio;
 use gtk::prelude::*;
 
 pub use application::KilnApplication;
+pub use cluster_pane::KilnClusterPane;
 pub use output_pane::KilnOutputPane;
 pub use preferences_dialog::KilnPreferencesDialog;
 pub use problems_pane::KilnProblemsPane;

@@ -3,9 +3,10 @@
 //! `actions.rs` (window actions and their enabled states), `run.rs` (jobs on a server, streaming
 //! updates), `files.rs` (new/open/save, the draft, the title, closing), `servers.rs` (the server
 //! and language selectors). The panes are their own widgets (`output_pane.rs`,
-//! `problems_pane.rs`); the servers are `embedded.rs` and `crate::client`.
+//! `problems_pane.rs`, `cluster_pane.rs`, polled by `cluster.rs` for clustered servers); the servers are `embedded.rs` and `crate::client`.
 
 mod actions;
+mod cluster;
 mod files;
 mod run;
 mod servers;
@@ -13,6 +14,7 @@ mod servers;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use adw::prelude::*;
 use adw::subclass::prelude::*;
@@ -20,6 +22,7 @@ use gtk::{CompositeTemplate, gio, glib};
 use sourceview5::prelude::*;
 
 use super::application::KilnApplication;
+use super::cluster_pane::KilnClusterPane;
 use super::embedded::EmbeddedServer;
 use super::output_pane::KilnOutputPane;
 use super::problems_pane::KilnProblemsPane;
@@ -66,6 +69,10 @@ mod imp {
         #[template_child]
         pub(super) problems_pane: TemplateChild<KilnProblemsPane>,
         #[template_child]
+        pub(super) cluster_page: TemplateChild<adw::ViewStackPage>,
+        #[template_child]
+        pub(super) cluster_pane: TemplateChild<KilnClusterPane>,
+        #[template_child]
         pub(super) spinner: TemplateChild<gtk::Spinner>,
         #[template_child]
         pub(super) status_label: TemplateChild<gtk::Label>,
@@ -92,6 +99,8 @@ mod imp {
         pub(super) next_save_path: RefCell<Option<PathBuf>>,
         /// Counts language-list requests so a slow answer for an old server is ignored.
         pub(super) info_generation: Cell<u64>,
+        /// Tells the running cluster poller to stop (set when the server changes).
+        pub(super) cluster_poll: RefCell<Option<Arc<AtomicBool>>>,
         /// Set while the selectors' models are rebuilt, so their change handlers stay quiet.
         pub(super) syncing: Cell<bool>,
         /// Set once the user agreed to close with unsaved changes.
@@ -111,6 +120,7 @@ mod imp {
         fn class_init(klass: &mut Self::Class) {
             KilnOutputPane::ensure_type();
             KilnProblemsPane::ensure_type();
+            KilnClusterPane::ensure_type();
             sourceview5::View::ensure_type();
             klass.bind_template();
         }

@@ -149,6 +149,7 @@ impl KilnWindow {
             if window.imp().info_generation.get() != generation {
                 return;
             }
+            window.update_cluster_page(info.as_ref().ok());
             match info {
                 Ok(info) if info.languages.is_empty() => window.show_toast(&format!(
                     "{label} offers no languages: pick another server"
