@@ -457,3 +457,42 @@ fn version_line_names_the_version_and_the_commit_when_built_from_git() {
         );
     }
 }
+
+#[test]
+fn flatpak_builder_reads_the_manifests_without_warnings() {
+    // flatpak-builder's own parser (json-glib into GObject properties) warns on every unknown key,
+    // so a misspelt property shows up here; `.ci/install-check` installs it when missing.
+    if Command::new("flatpak-builder")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("flatpak-builder not installed: skipping --show-manifest");
+        return;
+    }
+    let expected_sources = 1 + cargo_sources().len();
+    for profile in profiles() {
+        let name = format!("flatpak/{}.json", profile.app_id);
+        let output = Command::new("flatpak-builder")
+            .current_dir(root())
+            .arg("--show-manifest")
+            .arg(&name)
+            .output()
+            .expect("run flatpak-builder --show-manifest");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && !stderr.contains("WARNING"),
+            "flatpak-builder --show-manifest {name}: {stderr}"
+        );
+        let shown: Value =
+            serde_json::from_slice(&output.stdout).expect("--show-manifest prints JSON");
+        assert_eq!(shown["id"], profile.app_id.as_str());
+        // The cargo-sources.json reference was found and expanded in place.
+        let sources = shown["modules"][0]["sources"].as_array().expect("sources");
+        assert_eq!(
+            sources.len(),
+            expected_sources,
+            "{name}: the checkout plus every crate source"
+        );
+    }
+}
