@@ -13,10 +13,28 @@ fn main() {
     };
     println!("cargo:rustc-env=KILN_VERSION_LINE={line}");
     println!("cargo:rerun-if-env-changed=KILN_GIT_COMMIT");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs");
+    // Ask git where HEAD and the refs live: in a worktree `.git` is a file and they are elsewhere.
+    for name in ["HEAD", "refs", "packed-refs"] {
+        match git_path(name) {
+            Some(path) => println!("cargo:rerun-if-changed={path}"),
+            None => println!("cargo:rerun-if-changed=.git/{name}"),
+        }
+    }
     #[cfg(feature = "gui")]
     gui::compile_resources();
+}
+
+/// The path of `name` inside the git directory (`git rev-parse --git-path`), if this is a checkout.
+fn git_path(name: &str) -> Option<String> {
+    let output = Command::new("git")
+        .args(["rev-parse", "--git-path", name])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let path = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    std::path::Path::new(&path).exists().then_some(path)
 }
 
 fn git_commit() -> Option<String> {
