@@ -159,24 +159,40 @@ impl Toolchain for Native {
         let diagnostics = String::from_utf8_lossy(&run.captured_stderr).into_owned();
         let source = String::from_utf8_lossy(&ctx.input.source);
         let success = run.exit == ExitKind::Code(0);
-        let mut problems = parse_gcc(&diagnostics, &source_name, &source);
-        if !success && problems.iter().all(|p| p.severity != Severity::Error) {
-            problems.push(first_error_line(&diagnostics));
-        }
-        CompileOutput {
-            success,
-            diagnostics,
-            problems,
-            artifact: success.then(|| ctx.dir.path().join(EXECUTABLE)),
-            artifact_name: EXECUTABLE.to_owned(),
-            stopped: None,
-        }
+        let problems = parse_gcc(&diagnostics, &source_name, &source);
+        executable_output(ctx, success, diagnostics, problems)
     }
 
     fn run_command(&self, ctx: &JobContext<'_>, compiled: &CompileOutput) -> CommandSpec {
-        let program = ctx.dir.path().join(&compiled.artifact_name);
-        CommandSpec::new(program, ctx.input.args.iter())
+        run_executable(ctx, compiled)
     }
+}
+
+/// What a compiler that writes `main` produced: a failed compile always carries at least one
+/// error problem (the compiler's first error line when no diagnostic could be parsed).
+pub fn executable_output(
+    ctx: &JobContext<'_>,
+    success: bool,
+    diagnostics: String,
+    mut problems: Vec<Problem>,
+) -> CompileOutput {
+    if !success && problems.iter().all(|p| p.severity != Severity::Error) {
+        problems.push(first_error_line(&diagnostics));
+    }
+    CompileOutput {
+        success,
+        diagnostics,
+        problems,
+        artifact: success.then(|| ctx.dir.path().join(EXECUTABLE)),
+        artifact_name: EXECUTABLE.to_owned(),
+        stopped: None,
+    }
+}
+
+/// The command that runs a compiled executable with the job's arguments.
+pub fn run_executable(ctx: &JobContext<'_>, compiled: &CompileOutput) -> CommandSpec {
+    let program = ctx.dir.path().join(&compiled.artifact_name);
+    CommandSpec::new(program, ctx.input.args.iter())
 }
 
 /// Runs a compiler under the compile limits and captures its output; a compiler the runner had to

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::native::{EXECUTABLE, first_error_line, run_compiler};
+use super::native::{EXECUTABLE, executable_output, run_compiler, run_executable};
 use super::process::{CommandSpec, ExitKind};
 use super::python::safe_file_name;
 use super::{CompileOutput, JobContext, JobSink, Toolchain};
@@ -104,24 +104,13 @@ impl Toolchain for Rust {
             Err(stopped) => return *stopped,
         };
         let json = String::from_utf8_lossy(&run.captured_stderr);
-        let (diagnostics, mut problems) = parse_rustc(&json, &source_name);
+        let (diagnostics, problems) = parse_rustc(&json, &source_name);
         let success = run.exit == ExitKind::Code(0);
-        if !success && problems.iter().all(|p| p.severity != Severity::Error) {
-            problems.push(first_error_line(&diagnostics));
-        }
-        CompileOutput {
-            success,
-            diagnostics,
-            problems,
-            artifact: success.then(|| ctx.dir.path().join(EXECUTABLE)),
-            artifact_name: EXECUTABLE.to_owned(),
-            stopped: None,
-        }
+        executable_output(ctx, success, diagnostics, problems)
     }
 
     fn run_command(&self, ctx: &JobContext<'_>, compiled: &CompileOutput) -> CommandSpec {
-        let program = ctx.dir.path().join(&compiled.artifact_name);
-        CommandSpec::new(program, ctx.input.args.iter())
+        run_executable(ctx, compiled)
     }
 
     fn is_out_of_memory(&self, stderr_tail: &[u8]) -> bool {
