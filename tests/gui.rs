@@ -80,6 +80,14 @@ fn main() -> ExitCode {
             stdin_comes_from_the_input_area,
         ),
         (
+            "arguments_field_reaches_the_program",
+            arguments_field_reaches_the_program,
+        ),
+        (
+            "output_follows_new_lines_unless_scrolled_up",
+            output_follows_unless_scrolled_up,
+        ),
+        (
             "syntax_error_lists_a_problem_that_moves_the_cursor",
             syntax_error_lists_a_problem,
         ),
@@ -303,6 +311,107 @@ fn stdin_comes_from_the_input_area(context: &Context) -> Result<(), String> {
     check(output.contains("Hello, Ada (36)"), || {
         format!("output {output:?}")
     })
+}
+
+fn arguments_field_reaches_the_program(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    let entry = window.output_pane().arguments_entry();
+    type_program(window, "import sys\nprint(sys.argv[1:])\n");
+    entry.set_text(r#"-n 3 "two words" it\'s"#);
+    run_and_wait(window, &window.run_button(), "Run")?;
+    let output = window.output_pane().text();
+    check(
+        output.contains("['-n', '3', 'two words', \"it's\"]"),
+        || format!("output {output:?}"),
+    )?;
+
+    // An open quote is the user's to fix: nothing runs and a toast says what is wrong.
+    entry.set_text(r#"one "two"#);
+    window.output_pane().clear();
+    click(&window.run_button(), "Run")?;
+    check(!window.is_running(), || {
+        "a job started with unreadable arguments".into()
+    })?;
+    let toast = window.last_toast();
+    check(
+        toast.contains("arguments") && toast.contains("quote"),
+        || format!("toast {toast:?}"),
+    )?;
+    entry.set_text("");
+    Ok(())
+}
+
+/// Whether the output view shows its last line (within a few pixels).
+fn output_at_end(window: &KilnWindow) -> bool {
+    let adjustment = window
+        .output_pane()
+        .output_view()
+        .vadjustment()
+        .expect("the output view scrolls");
+    adjustment.value() + adjustment.page_size() >= adjustment.upper() - 30.0
+}
+
+fn output_follows_unless_scrolled_up(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    let adjustment = window
+        .output_pane()
+        .output_view()
+        .vadjustment()
+        .ok_or("the output view has no vertical adjustment")?;
+    // Lines in bursts, long enough to fill the pane many times over.
+    type_program(
+        window,
+        "import time\nfor i in range(1, 601):\n    print(f'line {i}', flush=True)\n    if i % 100 == 0:\n        time.sleep(0.3)\n",
+    );
+    click(&window.run_button(), "Run")?;
+    check(
+        wait_until(JOB_TIMEOUT, || {
+            window.output_pane().text().contains("line 200")
+        }),
+        || "the first lines never arrived".into(),
+    )?;
+    check(
+        wait_until(Duration::from_secs(2), || output_at_end(window)),
+        || {
+            format!(
+                "the view does not follow new output (value {}, page {}, upper {})",
+                adjustment.value(),
+                adjustment.page_size(),
+                adjustment.upper()
+            )
+        },
+    )?;
+    // The user scrolls to the top to read the start; new lines must not pull the view away.
+    adjustment.set_value(0.0);
+    check(wait_until(JOB_TIMEOUT, || !window.is_running()), || {
+        format!("the job did not end within {JOB_TIMEOUT:?}")
+    })?;
+    wait_until(Duration::from_millis(300), || false);
+    let output = window.output_pane().text();
+    check(output.contains("line 600"), || {
+        format!("the last line is missing: {}", tail(&output))
+    })?;
+    check(adjustment.value() < 1.0, || {
+        format!(
+            "the view scrolled away from where the user left it (value {})",
+            adjustment.value()
+        )
+    })?;
+
+    // Back at the bottom, the view follows again.
+    type_program(window, "for i in range(1, 601):\n    print(f'again {i}')\n");
+    run_and_wait(window, &window.run_button(), "Run")?;
+    check(
+        wait_until(Duration::from_secs(2), || output_at_end(window)),
+        || {
+            format!(
+                "a new run does not follow its output (value {}, page {}, upper {})",
+                adjustment.value(),
+                adjustment.page_size(),
+                adjustment.upper()
+            )
+        },
+    )
 }
 
 fn syntax_error_lists_a_problem(context: &Context) -> Result<(), String> {

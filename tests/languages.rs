@@ -249,7 +249,7 @@ fn every_language_checks_runs_and_builds() {
     handle.shutdown(Duration::from_secs(5));
 }
 
-/// A repeated RUN of the same C or Rust source compiles once: the second run's compile time and
+/// A repeated RUN of the same C, Rust or Python source compiles (or syntax-checks) once: the second run's compile time and
 /// wall time, against the first's, measured in one run.
 #[test]
 fn a_repeated_run_compiles_once() {
@@ -261,6 +261,7 @@ fn a_repeated_run_compiles_once() {
             "#include <stdio.h>\nint main(void) { puts(\"cached c\"); return 0; }\n",
         ),
         ("rust", "fn main() { println!(\"cached rust\"); }\n"),
+        ("python", "print('cached python')\n"),
     ] {
         let job = JobSpec::code(Intent::Run, id, source);
         let started = Instant::now();
@@ -290,8 +291,8 @@ fn a_repeated_run_compiles_once() {
         );
     }
     let cache_stats = handle.executor().cache().expect("a cache");
-    assert_eq!(cache_stats.misses(), 2, "each source compiled once");
-    assert_eq!(cache_stats.hits(), 2, "each repeat came from the cache");
+    assert_eq!(cache_stats.misses(), 3, "each source compiled once");
+    assert_eq!(cache_stats.hits(), 3, "each repeat came from the cache");
     handle.shutdown(Duration::from_secs(5));
 }
 

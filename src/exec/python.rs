@@ -121,6 +121,12 @@ impl Toolchain for Python {
         safe_file_name(requested, "py").unwrap_or_else(|| "main.py".to_owned())
     }
 
+    /// Cached like the compilers: a repeated RUN then starts one interpreter instead of two, and
+    /// the checker's text is part of the key so a changed checker never serves an old `.pyc`.
+    fn cache_flags(&self) -> Option<String> {
+        Some(format!("{} -I -S {CHECKER}", self.executable.display()))
+    }
+
     fn compile(&self, ctx: &JobContext<'_>, sink: &mut dyn JobSink) -> CompileOutput {
         let source_name = self.source_file_name(ctx.input.file_name.as_deref());
         let pyc_name = Python::pyc_name(&source_name);

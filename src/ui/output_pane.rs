@@ -1,5 +1,5 @@
 //! `KilnOutputPane`: what a program writes (stdout plain, stderr in a warning colour) as it
-//! streams, and the Input area whose text becomes the program's stdin. The window
+//! streams, the Input area whose text becomes the program's stdin, and the Arguments field. The window
 //! (`window/run.rs`) feeds it batches of bytes; this file keeps the view responsive: bytes are
 //! decoded as UTF-8 across chunk boundaries, the shown text is capped at [`SHOWN_LIMIT`] with a
 //! notice, and the view follows new output unless the user scrolled up.
@@ -40,6 +40,8 @@ mod imp {
         pub(super) text_view: TemplateChild<gtk::TextView>,
         #[template_child]
         pub(super) input_view: TemplateChild<gtk::TextView>,
+        #[template_child]
+        pub(super) arguments_entry: TemplateChild<gtk::Entry>,
         /// Bytes of text shown since the last clear.
         pub(super) shown: Cell<usize>,
         /// Bytes received but not shown because of the cap.
@@ -48,6 +50,8 @@ mod imp {
         pub(super) pending: RefCell<[Vec<u8>; 2]>,
         /// Whether the view scrolls to new output (false once the user scrolls up).
         pub(super) follow: Cell<bool>,
+        /// Set while the pane itself moves the view, so that move does not count as the user's.
+        pub(super) scrolling: Cell<bool>,
     }
 
     #[glib::object_subclass]
@@ -124,17 +128,43 @@ impl KilnOutputPane {
         }
     }
 
+    /// Follows new output while the user is at the end. The text view lays out new lines in idle
+    /// steps, so the adjustment's bounds grow several times per append: following means moving to
+    /// the end each time they change, and only a scroll the pane did not make itself may stop it.
     fn setup_follow(&self) {
         let adjustment = self.imp().scroller.vadjustment();
+        adjustment.connect_changed(glib::clone!(
+            #[weak(rename_to = pane)]
+            self,
+            move |adjustment| {
+                if pane.imp().follow.get() {
+                    pane.scroll_to_end(adjustment);
+                }
+            }
+        ));
         adjustment.connect_value_changed(glib::clone!(
             #[weak(rename_to = pane)]
             self,
             move |adjustment| {
+                let imp = pane.imp();
+                if imp.scrolling.get() {
+                    return;
+                }
                 let at_end =
                     adjustment.value() + adjustment.page_size() >= adjustment.upper() - 24.0;
-                pane.imp().follow.set(at_end);
+                imp.follow.set(at_end);
             }
         ));
+    }
+
+    fn scroll_to_end(&self, adjustment: &gtk::Adjustment) {
+        let imp = self.imp();
+        let end = (adjustment.upper() - adjustment.page_size()).max(adjustment.lower());
+        if adjustment.value() < end {
+            imp.scrolling.set(true);
+            adjustment.set_value(end);
+            imp.scrolling.set(false);
+        }
     }
 
     /// Empties the output for a new job (the input stays).
@@ -221,9 +251,7 @@ impl KilnOutputPane {
             None => buffer.insert(&mut end, text),
         }
         if imp.follow.get() {
-            let mark = buffer.get_insert();
-            buffer.place_cursor(&buffer.end_iter());
-            imp.text_view.scroll_mark_onscreen(&mark);
+            self.scroll_to_end(&imp.scroller.vadjustment());
         }
     }
 
@@ -241,6 +269,27 @@ impl KilnOutputPane {
         buffer
             .text(&buffer.start_iter(), &buffer.end_iter(), false)
             .to_string()
+    }
+
+    /// The program's arguments from the Arguments field, split as a shell would split them
+    /// (quotes keep spaces), or why they cannot be split.
+    pub fn arguments(&self) -> Result<Vec<String>, String> {
+        let text = self.imp().arguments_entry.text();
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        glib::shell_parse_argv(text.as_str())
+            .map(|args| {
+                args.into_iter()
+                    .map(|arg| arg.to_string_lossy().into_owned())
+                    .collect()
+            })
+            .map_err(|error| error.message().to_owned())
+    }
+
+    /// The Arguments field.
+    pub fn arguments_entry(&self) -> gtk::Entry {
+        self.imp().arguments_entry.get()
     }
 
     /// The Input area's text view.

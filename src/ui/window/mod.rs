@@ -93,6 +93,8 @@ mod imp {
         pub(super) file: RefCell<Option<PathBuf>>,
         /// The running job, if any.
         pub(super) job: RefCell<Option<run::JobControl>>,
+        /// The last toast's text: what the user was last told (tests read it).
+        pub(super) last_toast: RefCell<String>,
         /// The pending draft save.
         pub(super) draft_timeout: RefCell<Option<glib::SourceId>>,
         /// Where the next compiled program goes without asking (tests and automation).
@@ -407,6 +409,7 @@ impl KilnWindow {
 
     /// Shows a toast.
     pub(super) fn show_toast(&self, title: &str) {
+        self.imp().last_toast.replace(title.to_owned());
         let toast = adw::Toast::new(&glib::markup_escape_text(title));
         toast.set_timeout(6);
         self.imp().toast_overlay.add_toast(toast);
@@ -414,6 +417,7 @@ impl KilnWindow {
 
     /// Shows a toast with a button that activates `action`.
     pub(super) fn show_toast_with_action(&self, title: &str, button: &str, action: &str) {
+        self.imp().last_toast.replace(title.to_owned());
         let toast = adw::Toast::builder()
             .title(glib::markup_escape_text(title).as_str())
             .button_label(button)
@@ -425,6 +429,11 @@ impl KilnWindow {
 
     // Accessors for tests and automation: they hand out the real widgets so tests drive them the
     // way a user would (clicking, typing, selecting) instead of calling handlers.
+
+    /// The text of the last toast shown, empty if none was.
+    pub fn last_toast(&self) -> String {
+        self.imp().last_toast.borrow().clone()
+    }
 
     /// The Run button.
     pub fn run_button(&self) -> gtk::Button {

@@ -140,6 +140,15 @@ impl KilnWindow {
         let mut job = JobSpec::code(intent, &language.id, source);
         if intent == Intent::Run {
             job.stdin = imp.output_pane.input_text().into_bytes();
+            match imp.output_pane.arguments() {
+                Ok(args) => job.head.args = args,
+                Err(reason) => {
+                    self.show_toast(&format!(
+                        "The arguments cannot be read ({reason}). Close the quote or remove it."
+                    ));
+                    return;
+                }
+            }
         }
         job.head.file_name = Some(self.job_file_name(&language.id));
         let (target, server) = self.current_target();
