@@ -47,9 +47,12 @@ def find_app(pid):
 
 
 def find(root, role, name):
-    """The first descendant with `role` whose accessible name is `name`."""
+    """The first descendant with `role` (any role if None) whose accessible name is `name`."""
     return pyatspi.findDescendant(
-        root, lambda node: node is not None and node.getRole() == role and node.name == name
+        root,
+        lambda node: node is not None
+        and (role is None or node.getRole() == role)
+        and node.name == name,
     )
 
 
@@ -147,6 +150,28 @@ def main():
             return output is not None and "pu level" in text_of(output)
 
         wait_for("the reversed input in the Output pane", output_has_reversed)
+
+        # A third run with command-line arguments typed into the Arguments field.
+        program = "import sys; print('args:', sys.argv[1:])"
+        editable.deleteText(0, editor.queryText().characterCount)
+        pyatspi.Registry.generateKeyboardEvent(0, program, pyatspi.KEY_STRING)
+        wait_for("the third program in the editor", lambda: program in text_of(editor))
+        arguments = wait_for(
+            "the Arguments field", lambda: find(app, None, "Program arguments")
+        )
+        extents = arguments.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+        pyatspi.Registry.generateMouseEvent(
+            extents.x + extents.width // 2, extents.y + extents.height // 2, "b1c"
+        )
+        pyatspi.Registry.generateKeyboardEvent(0, '-v "two words"', pyatspi.KEY_STRING)
+        run.queryAction().doAction(0)
+        log("typed arguments and pressed Run")
+
+        def output_has_arguments():
+            output = find(app, pyatspi.ROLE_TEXT, output_name)
+            return output is not None and "args: ['-v', 'two words']" in text_of(output)
+
+        wait_for("the arguments in the Output pane", output_has_arguments)
         log("PASS")
         return 0
     except AssertionError as error:
