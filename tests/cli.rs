@@ -257,3 +257,79 @@ fn a_non_loopback_server_requires_a_token_and_generates_one() {
     let _ = child.wait();
     let _ = std::io::stdout().flush();
 }
+
+/// What a server keeps in the temp directory goes when it stops; what a killed one leaves is swept
+/// by the next Kiln process, and nothing of a live one is touched.
+#[test]
+fn temporary_directories_are_removed_and_a_killed_servers_are_swept() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let kiln_dirs = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(temp.path())
+            .expect("reads temp")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("kiln-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let start_server = || {
+        let mut child = kiln()
+            .args(["--server", "127.0.0.1:0"])
+            .env("TMPDIR", temp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawns");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().expect("line").expect("reads");
+        let addr = first
+            .strip_prefix("Kiln server listening on ")
+            .expect("address line")
+            .to_owned();
+        (child, addr)
+    };
+    let source = write(temp.path(), "hello.py", "print('hi')\n");
+    let source = source.to_string_lossy().into_owned();
+
+    // A server that is SIGKILLed after a job leaves its directory.
+    let (mut killed, addr) = start_server();
+    let output = run(&["run", &source, "--server", &addr], temp.path());
+    assert_eq!(text(&output.stdout), "hi\n", "{}", text(&output.stderr));
+    let killed_dir = format!("kiln-{}", killed.id());
+    assert_eq!(kiln_dirs(), [killed_dir.as_str()]);
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reaped");
+    assert_eq!(
+        kiln_dirs(),
+        [killed_dir.as_str()],
+        "SIGKILL cannot clean up"
+    );
+
+    // A live server beside it keeps its own directory while the next process sweeps.
+    let (mut live, live_addr) = start_server();
+    let live_dir = format!("kiln-{}", live.id());
+    let output = kiln()
+        .args(["run", &source])
+        .env("TMPDIR", temp.path())
+        .current_dir(temp.path())
+        .output()
+        .expect("kiln runs");
+    assert_eq!(text(&output.stdout), "hi\n", "{}", text(&output.stderr));
+    assert_eq!(
+        kiln_dirs(),
+        [live_dir.as_str()],
+        "the killed server's directory was not swept, or `kiln run` left its own"
+    );
+    let output = run(&["run", &source, "--server", &live_addr], temp.path());
+    assert_eq!(text(&output.stdout), "hi\n", "the live server broke");
+
+    // Stopped gracefully, it removes its own.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(live.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    assert!(live.wait().expect("exits").success());
+    assert!(kiln_dirs().is_empty(), "left: {:?}", kiln_dirs());
+}

@@ -244,8 +244,9 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn hostile_programs_do_no_harm() {
-    let fds_before = open_fds();
+    // The process directory's lock stays open for the process's life: open it before counting.
     let jobs_root = kiln::exec::jobdir::create_root().expect("jobs root");
+    let fds_before = open_fds();
     let Some(sandbox) = sandbox_or_skip(&jobs_root) else {
         return;
     };

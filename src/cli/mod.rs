@@ -122,12 +122,15 @@ pub struct BuildArgs {
 /// Parses the command line and does what it says.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match (cli.command, cli.server) {
+    let code = match (cli.command, cli.server) {
         (Some(Command::Cluster(args)), _) => cluster::run(args),
         (Some(command), _) => commands::run(command),
         (None, Some(listen)) => serve::run(&listen, &cli.serve),
         (None, None) => start_app(),
-    }
+    };
+    // Jobs are over (a killed process's directory is swept by the next one instead).
+    crate::exec::jobdir::remove_process_dir();
+    code
 }
 
 #[cfg(feature = "gui")]

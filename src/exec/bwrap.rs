@@ -132,9 +132,10 @@ impl BwrapSandbox {
             let needs_stage = root && !reachable_by_others(path);
             let stage = if needs_stage {
                 if staging.is_none() {
+                    // In the process directory, so a killed server's staging is swept too.
                     let dir = tempfile::Builder::new()
-                        .prefix("kiln-toolchains-")
-                        .tempdir()?;
+                        .prefix("toolchains-")
+                        .tempdir_in(super::jobdir::process_dir()?)?;
                     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
                     staging = Some(dir);
                 }
