@@ -11,6 +11,7 @@ failure.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,8 @@ def main():
             app_process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             app_process.kill()
+            app_process.wait()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
