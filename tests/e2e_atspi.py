@@ -82,6 +82,7 @@ def main():
             "XDG_DATA_HOME": os.path.join(home, "data"),
             "XDG_CONFIG_HOME": os.path.join(home, "config"),
             "XDG_CACHE_HOME": os.path.join(home, "cache"),
+            "TMPDIR": os.path.join(home, "tmp"),
             "GSETTINGS_BACKEND": "memory",
             "GSK_RENDERER": "cairo",
             "RUST_LOG": "warn",
@@ -89,6 +90,7 @@ def main():
     )
     for variable in ("GTK_A11Y", "NO_AT_BRIDGE"):
         env.pop(variable, None)
+    os.mkdir(os.path.join(home, "tmp"))
     log(f"starting {binary}")
     app_process = subprocess.Popen([binary], env=env)
     try:
@@ -173,6 +175,21 @@ def main():
             return output is not None and "args: ['-v', 'two words']" in text_of(output)
 
         wait_for("the arguments in the Output pane", output_has_arguments)
+
+        # Logging out sends SIGTERM: the app closes as Quit would, keeping the draft and removing
+        # its temporary files, and exits successfully.
+        app_process.terminate()
+        try:
+            code = app_process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the app did not exit within 10 s of SIGTERM")
+        assert code == 0, f"the app exited with {code} on SIGTERM"
+        with open(os.path.join(home, "data", "kiln", "draft"), encoding="utf-8") as draft:
+            saved = draft.read()
+        assert "sys.argv[1:]" in saved, f"the draft does not hold the last program: {saved!r}"
+        left = [name for name in os.listdir(os.path.join(home, "tmp")) if name.startswith("kiln-")]
+        assert not left, f"temporary files left after SIGTERM: {left}"
+        log("SIGTERM: exited 0, draft kept, no temporary files left")
         log("PASS")
         return 0
     except AssertionError as error:

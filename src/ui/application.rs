@@ -72,6 +72,18 @@ glib::wrapper! {
 }
 
 impl KilnApplication {
+    /// Closes every window without asking about unsaved files (their text stays in the draft),
+    /// then quits.
+    pub fn quit_keeping_drafts(&self) {
+        for window in self.windows() {
+            match window.downcast::<KilnWindow>() {
+                Ok(window) => window.close_without_asking(),
+                Err(window) => window.close(),
+            }
+        }
+        self.quit();
+    }
+
     /// The application with `settings`; `flags` lets tests run a non-unique instance.
     pub fn new(settings: gio::Settings, flags: gio::ApplicationFlags) -> Self {
         let app: Self = glib::Object::builder()

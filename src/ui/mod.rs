@@ -21,8 +21,8 @@ mod window;
 
 use std::process::ExitCode;
 
-use gtk::gio;
 use gtk::prelude::*;
+use gtk::{gio, glib};
 
 pub use application::KilnApplication;
 pub use cluster_pane::KilnClusterPane;
@@ -42,10 +42,48 @@ pub fn run() -> ExitCode {
         }
     };
     let app = KilnApplication::new(settings, gio::ApplicationFlags::empty());
+    quit_on_termination_signals(&app);
     // GTK must not see kiln's own arguments (they were parsed by clap already).
     let argv0 = std::env::args().next().unwrap_or_else(|| "kiln".to_owned());
     let status = app.run_with_args(&[argv0]);
     ExitCode::from(status)
+}
+
+/// SIGTERM (logging out, `kill`), SIGINT (Ctrl+C in a terminal) and SIGHUP close the windows as
+/// Quit would, keeping the draft and removing the temporary files, instead of dying mid-write.
+/// A thread waits for the signals and hands them to the main loop.
+fn quit_on_termination_signals(app: &KilnApplication) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (sender, receiver) = async_channel::bounded::<i32>(1);
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(mut signals) => {
+            let spawned = std::thread::Builder::new()
+                .name("kiln-signals".into())
+                .spawn(move || {
+                    for signal in signals.forever() {
+                        if sender.send_blocking(signal).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "no signal thread: SIGTERM ends the app without saving");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch signals: SIGTERM ends the app without saving")
+        }
+    }
+    glib::spawn_future_local(glib::clone!(
+        #[weak]
+        app,
+        async move {
+            while let Ok(signal) = receiver.recv().await {
+                tracing::info!(signal, "quitting on a signal");
+                app.quit_keeping_drafts();
+            }
+        }
+    ));
 }
 
 /// Initialises GTK, libadwaita and GtkSourceView, registers the resources and opens the settings.

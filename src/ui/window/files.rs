@@ -362,6 +362,12 @@ impl KilnWindow {
     }
 
     /// Saves the window's state; asks first when a file has unsaved changes.
+    /// Closes the window without the unsaved-changes question: the draft keeps the text.
+    pub(crate) fn close_without_asking(&self) {
+        self.imp().close_confirmed.set(true);
+        self.close();
+    }
+
     pub(super) fn on_close_request(&self) -> glib::Propagation {
         let imp = self.imp();
         if !imp.close_confirmed.get() && self.has_unsaved_file() {
