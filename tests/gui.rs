@@ -121,6 +121,10 @@ fn main() -> ExitCode {
             unreachable_server_says_what_to_do,
         ),
         (
+            "busy_server_says_to_try_again",
+            busy_server_says_to_try_again,
+        ),
+        (
             "cluster_view_shows_nodes_leader_and_messages",
             cluster_view_shows_nodes_leader_and_messages,
         ),
@@ -796,6 +800,70 @@ fn unreachable_server_says_what_to_do(context: &Context) -> Result<(), String> {
         output.contains("Cannot reach") && output.contains("This computer"),
         || format!("no advice in {output:?}"),
     )?;
+    window.server_dropdown().set_selected(0);
+    Ok(())
+}
+
+/// A RUN of an endless Python program sent by another client, holding a worker or a queue slot
+/// until the stream is dropped (the server then kills the job).
+fn hold_a_worker(addr: &str) -> Result<std::net::TcpStream, String> {
+    use std::io::Write;
+    let source = "import time\nprint('holding', flush=True)\ntime.sleep(60)\n";
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "KILN/1 RUN python\nSource-Length: {}\n\n{source}",
+        source.len()
+    )
+    .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn busy_server_says_to_try_again(context: &Context) -> Result<(), String> {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let window = &context.window;
+    // One worker and one queue slot, both taken by another client: the next job is refused.
+    let mut config = ServerConfig::loopback();
+    config.workers = 1;
+    config.queue_capacity = 1;
+    let server = kiln::server::start(config).map_err(|e| e.to_string())?;
+    let addr = server.local_addr().to_string();
+    let mut running = hold_a_worker(&addr)?;
+    let mut first = [0u8; 256];
+    check(
+        wait_until(
+            JOB_TIMEOUT,
+            || matches!(running.read(&mut first), Ok(n) if n > 0),
+        ),
+        || "the first holder never started running".into(),
+    )?;
+    let queued = hold_a_worker(&addr)?;
+    // The reader queues it as soon as its header is in.
+    wait_until(Duration::from_millis(300), || false);
+
+    let dialog = open_preferences(context)?;
+    add_server(&dialog, &addr, "")?;
+    dialog.close();
+    type_program(window, "print('never runs')\n");
+    run_and_wait(window, &window.run_button(), "Run")?;
+    check(window.status_text() == "Failed", || {
+        format!("status {:?}", window.status_text())
+    })?;
+    let output = window.output_pane().text();
+    check(
+        output.contains("is busy") && output.contains("try again"),
+        || format!("no advice on a busy server in {output:?}"),
+    )?;
+    check(server.stats().busy.load(Ordering::Relaxed) >= 1, || {
+        "the server did not count a busy answer".into()
+    })?;
+    drop(running);
+    drop(queued);
+    server.shutdown(Duration::from_secs(2));
     window.server_dropdown().set_selected(0);
     Ok(())
 }
