@@ -31,6 +31,8 @@ pub const EXIT_RESOURCE_LIMIT: u8 = 125;
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// Run a headless server on [ADDR:]PORT (all interfaces unless ADDR is given).
+    // The text is also `--help`'s, which shows brackets as written.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "[ADDR:]PORT")]
     pub server: Option<String>,
 
