@@ -62,6 +62,8 @@ struct Suite {
     jobs_root: PathBuf,
     token_file: PathBuf,
     server_pid: u32,
+    /// Whether the sandbox forbids user namespaces (bubblewrap 0.8 and later).
+    disables_userns: bool,
     failures: Vec<String>,
 }
 
@@ -250,6 +252,7 @@ fn hostile_programs_do_no_harm() {
     let Some(sandbox) = sandbox_or_skip(&jobs_root) else {
         return;
     };
+    let disables_userns = sandbox.disables_userns();
     let secrets = tempfile::tempdir().expect("tempdir");
     let token_file = secrets.path().join("token");
     std::fs::write(&token_file, TOKEN).expect("token file");
@@ -284,6 +287,7 @@ fn hostile_programs_do_no_harm() {
         jobs_root: jobs_root.clone(),
         token_file,
         server_pid: std::process::id(),
+        disables_userns,
         failures: Vec::new(),
     };
 
@@ -481,6 +485,29 @@ fn hostile_programs_do_no_harm() {
         }
         Ok(())
     });
+
+    suite.case(
+        "making a user namespace to get new mounts and networks",
+        |s| {
+            let source = "import ctypes, os\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             r = libc.unshare(0x10000000)  # CLONE_NEWUSER\n\
+             print('unshare', r, os.strerror(ctypes.get_errno()) if r else 'ok')\n";
+            let ran = s.run("python", source);
+            expect_verdict(&ran, &[Verdict::Ok])?;
+            let text = ran.stdout_text();
+            if !s.disables_userns {
+                eprintln!(
+                    "  (this bubblewrap cannot forbid user namespaces: {})",
+                    text.trim()
+                );
+                return Ok(());
+            }
+            ensure(text.starts_with("unshare -1"), || {
+                format!("the job made a user namespace: {text:?}")
+            })
+        },
+    );
 
     suite.case("kill -9 -1", |s| {
         let ran = s.run(

@@ -105,6 +105,9 @@ struct RootSetup {
 #[derive(Debug)]
 pub struct BwrapSandbox {
     bwrap: PathBuf,
+    /// Whether this bwrap can forbid user namespaces inside the sandbox (`--disable-userns`,
+    /// bubblewrap 0.8 and later).
+    disables_userns: bool,
     toolchains: Vec<ToolchainMount>,
     root_setup: Arc<RootSetup>,
     users: Option<Arc<UidPool>>,
@@ -155,8 +158,15 @@ impl BwrapSandbox {
                 stage,
             });
         }
+        let disables_userns = supports_disable_userns(&bwrap);
+        if !disables_userns {
+            tracing::warn!(
+                "this bubblewrap cannot forbid user namespaces inside the sandbox (needs 0.8 or later): jobs can make their own"
+            );
+        }
         Ok(BwrapSandbox {
             bwrap,
+            disables_userns,
             toolchains,
             root_setup: Arc::new(RootSetup {
                 staged: if stages.is_empty() {
@@ -209,6 +219,25 @@ impl BwrapSandbox {
 }
 
 /// Finds `bwrap` on the PATH or in the usual places.
+/// Whether `bwrap --help` lists `--disable-userns`.
+fn supports_disable_userns(bwrap: &Path) -> bool {
+    Command::new(bwrap)
+        .arg("--help")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("--disable-userns"))
+}
+
+impl BwrapSandbox {
+    /// Whether jobs are kept from making user namespaces of their own (and with them new mount,
+    /// network and other namespaces: the kernel's largest attack surface for unprivileged code).
+    pub fn disables_userns(&self) -> bool {
+        self.disables_userns
+    }
+}
+
 fn find_bwrap() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -293,6 +322,9 @@ impl Sandbox for BwrapSandbox {
             "--new-session",
             "--as-pid-1",
         ]);
+        if self.disables_userns {
+            command.arg("--disable-userns");
+        }
         for dir in SYSTEM_DIRS {
             let path = Path::new(dir);
             match fs::symlink_metadata(path) {
@@ -598,6 +630,7 @@ mod tests {
     fn signals_come_back_from_exit_codes() {
         let sandbox = BwrapSandbox {
             bwrap: PathBuf::from("/usr/bin/bwrap"),
+            disables_userns: true,
             toolchains: Vec::new(),
             root_setup: Arc::new(RootSetup::default()),
             users: None,
