@@ -64,6 +64,8 @@ struct Suite {
     server_pid: u32,
     /// Whether the sandbox forbids user namespaces (bubblewrap 0.8 and later).
     disables_userns: bool,
+    /// Whether jobs run under the seccomp filter.
+    filters_syscalls: bool,
     failures: Vec<String>,
 }
 
@@ -253,6 +255,7 @@ fn hostile_programs_do_no_harm() {
         return;
     };
     let disables_userns = sandbox.disables_userns();
+    let filters_syscalls = sandbox.filters_syscalls();
     let secrets = tempfile::tempdir().expect("tempdir");
     let token_file = secrets.path().join("token");
     std::fs::write(&token_file, TOKEN).expect("token file");
@@ -288,6 +291,7 @@ fn hostile_programs_do_no_harm() {
         token_file,
         server_pid: std::process::id(),
         disables_userns,
+        filters_syscalls,
         failures: Vec::new(),
     };
 
@@ -497,6 +501,9 @@ fn hostile_programs_do_no_harm() {
             expect_verdict(&ran, &[Verdict::Ok])?;
             let text = ran.stdout_text();
             if !s.disables_userns {
+                ensure(std::env::var_os("CI").is_none(), || {
+                    "CI's bubblewrap (0.8+) must forbid user namespaces".into()
+                })?;
                 eprintln!(
                     "  (this bubblewrap cannot forbid user namespaces: {})",
                     text.trim()
@@ -508,6 +515,39 @@ fn hostile_programs_do_no_harm() {
             })
         },
     );
+
+    suite.case("kernel interfaces: keyrings, BPF, perf, userfaultfd, io_uring", |s| {
+        // syscall numbers for x86_64 and aarch64, chosen by the interpreter's machine.
+        let source = "import ctypes, os, platform\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             nrs = {'x86_64': dict(keyctl=250, bpf=321, perf_event_open=298, userfaultfd=323, io_uring_setup=425),\n\
+                    'aarch64': dict(keyctl=219, bpf=280, perf_event_open=241, userfaultfd=282, io_uring_setup=425)}[platform.machine()]\n\
+             buf = ctypes.create_string_buffer(256)\n\
+             for name, nr in nrs.items():\n    \
+                 r = libc.syscall(nr, 0, buf, 0, 0, 0)\n    \
+                 print(name, r, os.strerror(ctypes.get_errno()) if r < 0 else 'ALLOWED')\n\
+             print([l for l in open('/proc/self/status') if l.startswith('Seccomp:')][0].strip())\n";
+        let ran = s.run("python", source);
+        expect_verdict(&ran, &[Verdict::Ok])?;
+        let text = ran.stdout_text();
+        if !s.filters_syscalls {
+            ensure(std::env::var_os("CI").is_none(), || {
+                "the seccomp filter must load in CI".into()
+            })?;
+            eprintln!("  (no seccomp filter here: {})", text.trim());
+            return Ok(());
+        }
+        ensure(text.contains("Seccomp:\t2") || text.contains("Seccomp: 2"), || {
+            format!("the job is not under a seccomp filter: {text:?}")
+        })?;
+        let refused = text
+            .lines()
+            .filter(|line| line.ends_with("Operation not permitted"))
+            .count();
+        ensure(refused == 5 && !text.contains("ALLOWED"), || {
+            format!("a kernel interface was reachable: {text:?}")
+        })
+    });
 
     suite.case("kill -9 -1", |s| {
         let ran = s.run(

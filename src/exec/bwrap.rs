@@ -29,7 +29,7 @@ use super::cache::CompileCache;
 use super::jobdir::JobDir;
 use super::limits::Limits;
 use super::process::{self, CommandSpec, ExitKind};
-use super::sandbox::{JobUser, NoSandbox, Sandbox};
+use super::sandbox::{JobUser, NoSandbox, Sandbox, SandboxCommand};
 use super::{Executor, JobEvent, JobSink};
 
 /// First user id of the range jobs run as when the server is root. Far above the ranges Debian
@@ -108,6 +108,8 @@ pub struct BwrapSandbox {
     /// Whether this bwrap can forbid user namespaces inside the sandbox (`--disable-userns`,
     /// bubblewrap 0.8 and later).
     disables_userns: bool,
+    /// Whether jobs run under the seccomp filter of [`super::seccomp`].
+    seccomp: bool,
     toolchains: Vec<ToolchainMount>,
     root_setup: Arc<RootSetup>,
     users: Option<Arc<UidPool>>,
@@ -167,6 +169,7 @@ impl BwrapSandbox {
         Ok(BwrapSandbox {
             bwrap,
             disables_userns,
+            seccomp: super::seccomp::program().is_some(),
             toolchains,
             root_setup: Arc::new(RootSetup {
                 staged: if stages.is_empty() {
@@ -231,6 +234,12 @@ fn supports_disable_userns(bwrap: &Path) -> bool {
 }
 
 impl BwrapSandbox {
+    /// Whether jobs run under the seccomp filter (refusing the calls [`super::seccomp::refused`]
+    /// lists).
+    pub fn filters_syscalls(&self) -> bool {
+        self.seccomp
+    }
+
     /// Whether jobs are kept from making user namespaces of their own (and with them new mount,
     /// network and other namespaces: the kernel's largest attack surface for unprivileged code).
     pub fn disables_userns(&self) -> bool {
@@ -306,8 +315,9 @@ impl Sandbox for BwrapSandbox {
         "bwrap"
     }
 
-    fn command(&self, spec: &CommandSpec, job_dir: &Path) -> Command {
+    fn command(&self, spec: &CommandSpec, job_dir: &Path) -> SandboxCommand {
         let mut command = Command::new(&self.bwrap);
+        let mut inherit = Vec::new();
         // bwrap itself gets nothing from the server's environment either.
         command.env_clear().current_dir("/");
         command.args([
@@ -324,6 +334,17 @@ impl Sandbox for BwrapSandbox {
         ]);
         if self.disables_userns {
             command.arg("--disable-userns");
+        }
+        if self.seccomp {
+            match super::seccomp::program_file() {
+                Ok(filter) => {
+                    command.arg("--seccomp").arg(filter.as_raw_fd().to_string());
+                    inherit.push(filter);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "no seccomp filter for this job");
+                }
+            }
         }
         for dir in SYSTEM_DIRS {
             let path = Path::new(dir);
@@ -416,7 +437,7 @@ impl Sandbox for BwrapSandbox {
                 command.pre_exec(move || setup.drop_root(uid));
             }
         }
-        command
+        SandboxCommand { command, inherit }
     }
 
     fn prepare(&self, job_dir: &Path) -> io::Result<JobUser> {
@@ -579,8 +600,16 @@ pub fn is_job_uid(uid: u32) -> bool {
 /// # Errors
 /// Why it does not, with the fix.
 pub fn detect(read_only: &[PathBuf], jobs_root: &Path) -> Result<BwrapSandbox, SandboxUnavailable> {
-    let sandbox = BwrapSandbox::new(read_only)?;
-    sandbox.self_test(jobs_root)?;
+    let mut sandbox = BwrapSandbox::new(read_only)?;
+    if let Err(error) = sandbox.self_test(jobs_root) {
+        if !sandbox.seccomp {
+            return Err(error);
+        }
+        // A kernel without seccomp filters still gets the namespaces.
+        sandbox.seccomp = false;
+        sandbox.self_test(jobs_root)?;
+        tracing::warn!(%error, "the sandbox works without its seccomp filter only");
+    }
     Ok(sandbox)
 }
 
@@ -631,6 +660,7 @@ mod tests {
         let sandbox = BwrapSandbox {
             bwrap: PathBuf::from("/usr/bin/bwrap"),
             disables_userns: true,
+            seccomp: true,
             toolchains: Vec::new(),
             root_setup: Arc::new(RootSetup::default()),
             users: None,

@@ -17,6 +17,7 @@ pub mod process;
 pub mod python;
 pub mod rust;
 pub mod sandbox;
+pub mod seccomp;
 
 use std::io;
 use std::os::fd::RawFd;

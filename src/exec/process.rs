@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::limits::Limits;
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, SandboxCommand};
 use super::{JobEvent, JobSink};
 
 /// What to run: a program, its arguments and extra environment.
@@ -150,7 +150,10 @@ pub fn run(
     sink: &mut dyn JobSink,
     stream: bool,
 ) -> io::Result<ProcessOutcome> {
-    let mut command = sandbox.command(spec, dir);
+    let SandboxCommand {
+        mut command,
+        inherit,
+    } = sandbox.command(spec, dir);
     command
         .stdin(match stdin {
             Some(path) => Stdio::from(File::open(path)?),
@@ -164,6 +167,22 @@ pub fn run(
     // SAFETY: the closure only makes async-signal-safe system calls (setsid, prctl, setrlimit).
     unsafe {
         command.pre_exec(move || rlimits.apply_in_child());
+    }
+    if !inherit.is_empty() {
+        // SAFETY: fcntl on descriptors the closure owns; async-signal-safe. Registered after the
+        // closure above (which marks every inherited descriptor close-on-exec), so these stay
+        // open for the sandbox tool; in this process they remain close-on-exec, so no other
+        // child inherits them.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in &inherit {
+                    if libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
     }
     let started = Instant::now();
     let mut child = command.spawn()?;

@@ -7,10 +7,29 @@
 //! user's processes for RLIMIT_NPROC.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Command;
 
 use super::process::{CommandSpec, ExitKind};
+
+/// A command ready to spawn, and the descriptors its process must keep across exec.
+pub struct SandboxCommand {
+    /// What to spawn.
+    pub command: Command,
+    /// Descriptors the sandbox tool reads in the child (bwrap's seccomp filter). The runner marks
+    /// every other inherited descriptor close-on-exec; these it leaves open, last.
+    pub inherit: Vec<OwnedFd>,
+}
+
+impl From<Command> for SandboxCommand {
+    fn from(command: Command) -> Self {
+        SandboxCommand {
+            command,
+            inherit: Vec::new(),
+        }
+    }
+}
 
 /// Turns a command into the `Command` that runs it isolated.
 pub trait Sandbox: Send + Sync {
@@ -18,7 +37,7 @@ pub trait Sandbox: Send + Sync {
     fn name(&self) -> &str;
 
     /// Builds the command that runs `spec` with `job_dir` as its only writable place.
-    fn command(&self, spec: &CommandSpec, job_dir: &Path) -> Command;
+    fn command(&self, spec: &CommandSpec, job_dir: &Path) -> SandboxCommand;
 
     /// Makes a fresh job directory ready: chooses the user the job runs as and gives it the
     /// directory. The user stays reserved until the returned value is dropped.
@@ -90,7 +109,7 @@ impl Sandbox for NoSandbox {
         "none"
     }
 
-    fn command(&self, spec: &CommandSpec, job_dir: &Path) -> Command {
+    fn command(&self, spec: &CommandSpec, job_dir: &Path) -> SandboxCommand {
         let mut command = Command::new(&spec.program);
         command
             .args(&spec.args)
@@ -103,6 +122,6 @@ impl Sandbox for NoSandbox {
         for (key, value) in &spec.env {
             command.env(key, value);
         }
-        command
+        command.into()
     }
 }
