@@ -634,21 +634,48 @@ fn flood_keeps_window_responsive(context: &Context) -> Result<(), String> {
 fn draft_is_saved(context: &Context) -> Result<(), String> {
     let window = &context.window;
     type_program(window, "print('draft survives')\n");
+    set_input(window, "typed input\n");
+    window
+        .output_pane()
+        .arguments_entry()
+        .set_text("--flag 'two words'");
     let draft = context.dir.join("data").join("kiln").join("draft");
     check(
         wait_until(Duration::from_secs(5), || {
-            std::fs::read_to_string(&draft).is_ok_and(|text| text.contains("draft survives"))
+            std::fs::read_to_string(&draft).is_ok_and(|text| {
+                text.contains("draft survives")
+                    && text.contains("typed input")
+                    && text.contains("two words")
+            })
         }),
-        || format!("{} does not hold the text", draft.display()),
+        || {
+            format!(
+                "{} does not hold the text, input and arguments: {:?}",
+                draft.display(),
+                std::fs::read_to_string(&draft)
+            )
+        },
     )?;
     // A new window (as after a restart) starts from the draft.
     let second = KilnWindow::new(&context.app);
     let buffer = second.buffer();
     let restored = buffer.text(&buffer.start_iter(), &buffer.end_iter(), false);
+    let restored_input = second.output_pane().input_text();
+    let restored_arguments = second.output_pane().arguments_text();
     second.destroy();
+    set_input(window, "");
+    window.output_pane().arguments_entry().set_text("");
     check(restored == "print('draft survives')\n", || {
         format!("a new window restored {restored:?}")
     })?;
+    check(
+        restored_input == "typed input\n" && restored_arguments == "--flag 'two words'",
+        || {
+            format!(
+                "a new window restored input {restored_input:?}, arguments {restored_arguments:?}"
+            )
+        },
+    )?;
     // Typed but never saved to a file: the title says so.
     check(window.title_text() == "• Untitled", || {
         format!("title {:?}", window.title_text())

@@ -1,4 +1,4 @@
-//! The draft: the editor's text, language and file, saved to `$XDG_DATA_HOME/kiln/draft` (JSON) a
+//! The draft: the editor's text, language and file, and the program's input and arguments, saved to `$XDG_DATA_HOME/kiln/draft` (JSON) a
 //! moment after each change and when the window closes, and restored at start, so nothing typed is
 //! lost by closing the app. The window (`window/files.rs`) decides when to save.
 
@@ -17,6 +17,12 @@ pub struct Draft {
     /// The file the text came from or was saved to, if any.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The Input area's text (the program's stdin).
+    #[serde(default)]
+    pub input: String,
+    /// The Arguments field's text, as typed.
+    #[serde(default)]
+    pub arguments: String,
 }
 
 /// The draft file of the current user.
@@ -61,10 +67,22 @@ mod tests {
             language: "python".into(),
             text: "print('é')\n".into(),
             path: Some(PathBuf::from("/tmp/a.py")),
+            input: "Ada\n".into(),
+            arguments: "-n 3".into(),
         };
         draft.save(&path).expect("save");
         assert_eq!(Draft::load(&path), Some(draft));
         std::fs::write(&path, "not json").expect("write");
         assert_eq!(Draft::load(&path), None);
+    }
+
+    #[test]
+    fn a_draft_from_before_input_and_arguments_still_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("draft");
+        std::fs::write(&path, r#"{"language":"c","text":"int main;","path":null}"#).expect("write");
+        let draft = Draft::load(&path).expect("loads");
+        assert_eq!((draft.input.as_str(), draft.arguments.as_str()), ("", ""));
+        assert_eq!(draft.text, "int main;");
     }
 }

@@ -287,6 +287,26 @@ impl KilnOutputPane {
             .map_err(|error| error.message().to_owned())
     }
 
+    /// The Arguments field's text as typed.
+    pub fn arguments_text(&self) -> String {
+        self.imp().arguments_entry.text().to_string()
+    }
+
+    /// Puts back the Input area's and Arguments field's text (from the draft).
+    pub fn restore_input(&self, input: &str, arguments: &str) {
+        let imp = self.imp();
+        imp.input_view.buffer().set_text(input);
+        imp.arguments_entry.set_text(arguments);
+    }
+
+    /// Calls `changed` whenever the Input area or the Arguments field changes.
+    pub fn connect_input_changed(&self, changed: impl Fn() + Clone + 'static) {
+        let imp = self.imp();
+        let on_input = changed.clone();
+        imp.input_view.buffer().connect_changed(move |_| on_input());
+        imp.arguments_entry.connect_changed(move |_| changed());
+    }
+
     /// The Arguments field.
     pub fn arguments_entry(&self) -> gtk::Entry {
         self.imp().arguments_entry.get()

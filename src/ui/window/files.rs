@@ -29,6 +29,9 @@ impl KilnWindow {
                 if !draft.language.is_empty() {
                     self.select_language(&draft.language);
                 }
+                self.imp()
+                    .output_pane
+                    .restore_input(&draft.input, &draft.arguments);
                 // A draft of a file counts as unsaved when it differs from the file.
                 let modified = draft.path.as_ref().is_some_and(|path| {
                     std::fs::read_to_string(path).map_or(true, |text| text != draft.text)
@@ -45,6 +48,11 @@ impl KilnWindow {
             #[weak(rename_to = window)]
             self,
             move |_| window.schedule_draft_save()
+        ));
+        self.imp().output_pane.connect_input_changed(glib::clone!(
+            #[weak(rename_to = window)]
+            self,
+            move || window.schedule_draft_save()
         ));
         buffer.connect_modified_changed(glib::clone!(
             #[weak(rename_to = window)]
@@ -95,6 +103,8 @@ impl KilnWindow {
                 .text(&buffer.start_iter(), &buffer.end_iter(), false)
                 .to_string(),
             path: self.imp().file.borrow().clone(),
+            input: self.imp().output_pane.input_text(),
+            arguments: self.imp().output_pane.arguments_text(),
         };
         if let Err(error) = draft.save(&draft::default_path()) {
             tracing::warn!(%error, "cannot save the draft");
