@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn kiln() -> Command {
@@ -18,6 +18,23 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("writes");
     path
+}
+
+/// Starts a headless server with `command` (`kiln --server ...`); returns it, the rest of its
+/// stdout's lines, and the address its first line announces.
+fn start_headless(command: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("line").expect("reads");
+    let addr = first
+        .strip_prefix("Kiln server listening on ")
+        .expect("address line")
+        .to_owned();
+    (child, lines, addr)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -182,18 +199,7 @@ fn limits_and_unknown_languages_give_clear_exit_codes() {
 #[test]
 fn headless_server_prints_its_address_and_a_generated_token() {
     // A loopback address needs no token; non-loopback binds are the next test.
-    let mut child = kiln()
-        .args(["--server", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawns");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("line").expect("reads");
-    let addr = first
-        .strip_prefix("Kiln server listening on ")
-        .expect("address line")
-        .to_owned();
+    let (mut child, mut lines, addr) = start_headless(kiln().args(["--server", "127.0.0.1:0"]));
     let token_line = lines.next().expect("line").expect("reads");
     assert!(token_line.contains("none"), "{token_line}");
     let output = kiln()
@@ -216,16 +222,13 @@ fn a_non_loopback_server_requires_a_token_and_generates_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = write(dir.path(), "token", "from-file\n");
     // 0.0.0.0 is not loopback: with a token file, that token is required.
-    let mut child = kiln()
-        .args(["--server", "0.0.0.0:0", "--token-file"])
-        .arg(&token_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawns");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("line").expect("reads");
-    let port = first.rsplit(':').next().expect("port").to_owned();
+    // The reader stays alive: the server must not meet a closed stdout.
+    let (mut child, _lines, listening) = start_headless(
+        kiln()
+            .args(["--server", "0.0.0.0:0", "--token-file"])
+            .arg(&token_file),
+    );
+    let port = listening.rsplit(':').next().expect("port").to_owned();
     let addr = format!("127.0.0.1:{port}");
     let refused = kiln()
         .args(["ping", "--server", &addr])
@@ -242,14 +245,7 @@ fn a_non_loopback_server_requires_a_token_and_generates_one() {
     let _ = child.wait();
 
     // Without one, it makes one up and prints it once.
-    let mut child = kiln()
-        .args(["--server", "0.0.0.0:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawns");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let _address = lines.next().expect("line").expect("reads");
+    let (mut child, mut lines, _) = start_headless(kiln().args(["--server", "0.0.0.0:0"]));
     let token_line = lines.next().expect("line").expect("reads");
     let token = token_line.strip_prefix("Token: ").expect("token line");
     assert_eq!(token.len(), 32, "{token_line}");
@@ -274,26 +270,17 @@ fn temporary_directories_are_removed_and_a_killed_servers_are_swept() {
         names
     };
     let start_server = || {
-        let mut child = kiln()
-            .args(["--server", "127.0.0.1:0"])
-            .env("TMPDIR", temp.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawns");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines.next().expect("line").expect("reads");
-        let addr = first
-            .strip_prefix("Kiln server listening on ")
-            .expect("address line")
-            .to_owned();
-        (child, addr)
+        start_headless(
+            kiln()
+                .args(["--server", "127.0.0.1:0"])
+                .env("TMPDIR", temp.path()),
+        )
     };
     let source = write(temp.path(), "hello.py", "print('hi')\n");
     let source = source.to_string_lossy().into_owned();
 
     // A server that is SIGKILLed after a job leaves its directory.
-    let (mut killed, addr) = start_server();
+    let (mut killed, _killed_output, addr) = start_server();
     let output = run(&["run", &source, "--server", &addr], temp.path());
     assert_eq!(text(&output.stdout), "hi\n", "{}", text(&output.stderr));
     let killed_dir = format!("kiln-{}", killed.id());
@@ -307,7 +294,7 @@ fn temporary_directories_are_removed_and_a_killed_servers_are_swept() {
     );
 
     // A live server beside it keeps its own directory while the next process sweeps.
-    let (mut live, live_addr) = start_server();
+    let (mut live, _live_output, live_addr) = start_server();
     let live_dir = format!("kiln-{}", live.id());
     let output = kiln()
         .args(["run", &source])
