@@ -548,26 +548,45 @@ fn build_writes_the_compiled_program(context: &Context) -> Result<(), String> {
     })
 }
 
-fn flood_keeps_window_responsive(context: &Context) -> Result<(), String> {
-    let window = &context.window;
-    // 10 MB in 100-byte lines, all of it sent: raise the built-in server's output limit (the
-    // application restarts the server; wait until it reports the new limit).
+/// Sets a limit of the built-in server in the settings (the application restarts the server) and
+/// waits until the server's INFO reports `info_key: expected`.
+fn set_embedded_limit(
+    context: &Context,
+    setting: &str,
+    value: i32,
+    info_key: &str,
+    expected: &str,
+) -> Result<(), String> {
     context
         .app
         .settings()
-        .set_int("output-limit-mib", 16)
+        .set_int(setting, value)
         .map_err(|e| e.to_string())?;
     let embedded = context.app.embedded();
-    let raised = wait_until(Duration::from_secs(10), || {
+    let applied = wait_until(Duration::from_secs(10), || {
         embedded.ensure_started().is_ok_and(|endpoint| {
             kiln::client::Client::new(endpoint.connect, Some(endpoint.token))
                 .info()
-                .is_ok_and(|info| info.get("output-limit-bytes") == Some("16777216"))
+                .is_ok_and(|info| info.get(info_key) == Some(expected))
         })
     });
-    check(raised, || {
-        "the built-in server did not take the new output limit".into()
-    })?;
+    check(applied, || {
+        format!(
+            "the built-in server did not take {setting} = {value} (INFO {info_key} is not {expected})"
+        )
+    })
+}
+
+fn flood_keeps_window_responsive(context: &Context) -> Result<(), String> {
+    let window = &context.window;
+    // 10 MB in 100-byte lines, all of it sent: raise the built-in server's output limit.
+    set_embedded_limit(
+        context,
+        "output-limit-mib",
+        16,
+        "output-limit-bytes",
+        "16777216",
+    )?;
     type_program(
         window,
         "import sys\nline = 'x' * 99 + '\\n'\nfor _ in range(100):\n    sys.stdout.write(line * 1000)\n",
@@ -773,20 +792,7 @@ fn descendants(root: &gtk::Widget) -> Vec<gtk::Widget> {
 fn time_limit_is_reported(context: &Context) -> Result<(), String> {
     let window = &context.window;
     let settings = context.app.settings();
-    settings
-        .set_int("time-limit-seconds", 1)
-        .map_err(|e| e.to_string())?;
-    let embedded = context.app.embedded();
-    let lowered = wait_until(Duration::from_secs(10), || {
-        embedded.ensure_started().is_ok_and(|endpoint| {
-            kiln::client::Client::new(endpoint.connect, Some(endpoint.token))
-                .info()
-                .is_ok_and(|info| info.get("time-limit-ms") == Some("1000"))
-        })
-    });
-    check(lowered, || {
-        "the built-in server did not take the new time limit".into()
-    })?;
+    set_embedded_limit(context, "time-limit-seconds", 1, "time-limit-ms", "1000")?;
     type_program(window, "import time\ntime.sleep(5)\nprint('too late')\n");
     run_and_wait(window, &window.run_button(), "Run")?;
     settings.reset("time-limit-seconds");
