@@ -111,15 +111,22 @@ impl KilnWindow {
         }
     }
 
+    /// The name of the file the text came from or was saved to, if any.
+    pub(super) fn file_name(&self) -> Option<String> {
+        self.imp()
+            .file
+            .borrow()
+            .as_ref()
+            .and_then(|path| path.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+    }
+
     /// The title: the file name (or Untitled) with a dot when there are unsaved changes; the
     /// subtitle is the file's folder.
     pub(super) fn update_title(&self) {
         let imp = self.imp();
         let file = imp.file.borrow().clone();
-        let name = file.as_ref().and_then(|path| path.file_name()).map_or_else(
-            || "Untitled".to_owned(),
-            |name| name.to_string_lossy().into_owned(),
-        );
+        let name = self.file_name().unwrap_or_else(|| "Untitled".to_owned());
         let modified = self.buffer().is_modified();
         let title = if modified {
             format!("• {name}")
@@ -244,15 +251,8 @@ impl KilnWindow {
             .and_then(|language| languages::extension(&language.id))
             .unwrap_or("txt");
         let current = self
-            .imp()
-            .file
-            .borrow()
-            .as_ref()
-            .and_then(|path| path.file_name())
-            .map_or_else(
-                || format!("program.{extension}"),
-                |n| n.to_string_lossy().into_owned(),
-            );
+            .file_name()
+            .unwrap_or_else(|| format!("program.{extension}"));
         dialog.set_current_name(&current);
         let then = std::cell::RefCell::new(then);
         dialog.connect_response(glib::clone!(
@@ -318,16 +318,7 @@ impl KilnWindow {
             then(self);
             return;
         }
-        let name = self
-            .imp()
-            .file
-            .borrow()
-            .as_ref()
-            .and_then(|path| path.file_name())
-            .map_or_else(
-                || "Untitled".to_owned(),
-                |n| n.to_string_lossy().into_owned(),
-            );
+        let name = self.file_name().unwrap_or_else(|| "Untitled".to_owned());
         let dialog = adw::MessageDialog::new(
             Some(self),
             Some("Save Changes?"),

@@ -459,18 +459,12 @@ impl KilnWindow {
 
     /// The file name sent with the job: the real one, or `main.<ext>`.
     fn job_file_name(&self, language: &str) -> String {
-        self.imp()
-            .file
-            .borrow()
-            .as_ref()
-            .and_then(|path| path.file_name())
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_else(|| {
-                format!(
-                    "main.{}",
-                    crate::ui::languages::extension(language).unwrap_or("txt")
-                )
-            })
+        self.file_name().unwrap_or_else(|| {
+            format!(
+                "main.{}",
+                crate::ui::languages::extension(language).unwrap_or("txt")
+            )
+        })
     }
 }
 
