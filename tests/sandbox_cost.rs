@@ -95,15 +95,7 @@ fn sandbox_cost_per_run() {
             inherit,
         } = sandbox.command(&spec, dir.path());
         // What the runner does for the sandbox's own descriptors (the seccomp filter).
-        // SAFETY: fcntl on descriptors the closure owns.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                for fd in &inherit {
-                    libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::F_SETFD, 0);
-                }
-                Ok(())
-            });
-        }
+        kiln::exec::process::keep_across_exec(&mut command, inherit);
         let started = Instant::now();
         let status = command.status().expect("spawns");
         assert!(status.success());

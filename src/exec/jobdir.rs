@@ -52,8 +52,7 @@ pub fn create_root() -> io::Result<PathBuf> {
 pub fn remove_process_dir() {
     let mut slot = PROCESS_DIR.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((path, lock)) = slot.take() {
-        restore_permissions(&path);
-        let _ = fs::remove_dir_all(&path);
+        remove_tree(&path);
         drop(lock);
     }
 }
@@ -98,8 +97,7 @@ fn sweep_stale(temp: &Path, own: &Path) {
         };
         if stale {
             tracing::debug!(dir = %path.display(), "removing a stale Kiln directory");
-            restore_permissions(&path);
-            let _ = fs::remove_dir_all(&path);
+            remove_tree(&path);
         }
     }
 }
@@ -144,6 +142,12 @@ impl Drop for JobDir {
         // would stop the removal; give it back first.
         restore_permissions(self.dir.path());
     }
+}
+
+/// Removes `dir` and everything in it, best effort, even directories a program made read-only.
+fn remove_tree(dir: &Path) {
+    restore_permissions(dir);
+    let _ = fs::remove_dir_all(dir);
 }
 
 fn restore_permissions(dir: &Path) {

@@ -9,11 +9,11 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::limits::Limits;
@@ -168,22 +168,8 @@ pub fn run(
     unsafe {
         command.pre_exec(move || rlimits.apply_in_child());
     }
-    if !inherit.is_empty() {
-        // SAFETY: fcntl on descriptors the closure owns; async-signal-safe. Registered after the
-        // closure above (which marks every inherited descriptor close-on-exec), so these stay
-        // open for the sandbox tool; in this process they remain close-on-exec, so no other
-        // child inherits them.
-        unsafe {
-            command.pre_exec(move || {
-                for fd in &inherit {
-                    if libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
+    // After the closure above, which marks every inherited descriptor close-on-exec.
+    keep_across_exec(&mut command, inherit);
     let started = Instant::now();
     let mut child = command.spawn()?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
@@ -313,6 +299,26 @@ impl RlimitPlan {
         set(libc::RLIMIT_CORE, 0, 0)?;
         close_inherited_fds();
         Ok(())
+    }
+}
+
+/// Leaves `fds` open in `command`'s process across exec (the sandbox tool reads them there) and
+/// closes them here once `command` is dropped. Register it after any closure that marks inherited
+/// descriptors close-on-exec. In this process they stay close-on-exec, so no other child gets them.
+pub fn keep_across_exec(command: &mut Command, fds: Vec<OwnedFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: fcntl on descriptors the closure owns; async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &fds {
+                if libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 

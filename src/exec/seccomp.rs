@@ -11,6 +11,7 @@
 
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 // Classic BPF opcodes (linux/filter.h) and seccomp constants (linux/seccomp.h, linux/audit.h).
 const BPF_LD_W_ABS: u16 = 0x20;
@@ -150,14 +151,20 @@ fn instructions(arch: u32) -> Vec<Instruction> {
 }
 
 /// The filter as `bwrap --seccomp` reads it, or `None` on an architecture it is not written for.
-pub fn program() -> Option<Vec<u8>> {
-    let arch = AUDIT_ARCH?;
-    Some(
-        instructions(arch)
-            .into_iter()
-            .flat_map(Instruction::bytes)
-            .collect(),
-    )
+/// Built once; every job's filter file is a copy.
+pub fn program() -> Option<&'static [u8]> {
+    static PROGRAM: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            let arch = AUDIT_ARCH?;
+            Some(
+                instructions(arch)
+                    .into_iter()
+                    .flat_map(Instruction::bytes)
+                    .collect(),
+            )
+        })
+        .as_deref()
 }
 
 /// A close-on-exec memory file holding the filter, positioned at its start, for one bwrap run
@@ -179,7 +186,7 @@ pub fn program_file() -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` was just returned open and nothing else owns it.
     let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    file.write_all(&program)?;
+    file.write_all(program)?;
     file.seek(SeekFrom::Start(0))?;
     Ok(OwnedFd::from(file))
 }
