@@ -57,6 +57,15 @@ def find(root, role, name):
     )
 
 
+def click(node):
+    """A left click in the middle of `node`. GTK 4 reports extents relative to its window;
+    without a window manager (Xvfb) the window sits at the screen's origin."""
+    extents = node.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+    pyatspi.Registry.generateMouseEvent(
+        extents.x + extents.width // 2, extents.y + extents.height // 2, "b1c"
+    )
+
+
 def text_of(node):
     text = node.queryText()
     return text.getText(0, text.characterCount)
@@ -106,75 +115,60 @@ def main():
         )
         log(f"language selector: {language.name!r}")
 
-        # Clear the template, then type a program with the keyboard.
         editable = editor.queryEditableText()
-        editable.deleteText(0, editor.queryText().characterCount)
-        # Click into the editor. GTK 4 reports extents relative to its window; without a window
-        # manager (Xvfb) the window sits at the screen's origin.
-        extents = editor.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
-        pyatspi.Registry.generateMouseEvent(
-            extents.x + extents.width // 2, extents.y + extents.height // 2, "b1c"
-        )
+
+        def type_program(program):
+            """Empties the editor and types `program` with the keyboard."""
+            editable.deleteText(0, editor.queryText().characterCount)
+            pyatspi.Registry.generateKeyboardEvent(0, program, pyatspi.KEY_STRING)
+            wait_for(f"{program!r} in the editor", lambda: program in text_of(editor))
+
+        def wait_for_output(what, expected):
+            def output_has_it():
+                # The output view appears once the job starts (the empty state is shown before).
+                output = find(app, pyatspi.ROLE_TEXT, output_name)
+                return output is not None and expected in text_of(output)
+
+            wait_for(what, output_has_it)
+
+        # Click into the editor, then type a program with the keyboard.
+        click(editor)
         wait_for(
             "the editor to have focus",
             lambda: editor.getState().contains(pyatspi.STATE_FOCUSED),
         )
-        program = "print('hello from AT-SPI', 6 * 7)"
-        pyatspi.Registry.generateKeyboardEvent(0, program, pyatspi.KEY_STRING)
-        wait_for("the typed program in the editor", lambda: program in text_of(editor))
+        type_program("print('hello from AT-SPI', 6 * 7)")
         log("typed the program")
 
         # Run with the keyboard shortcut, Ctrl+Return, while typing in the editor.
         ctrl_return()
         log("pressed Ctrl+Return")
 
-        def output_has_result():
-            # The output view appears once the job starts (the empty state is shown before).
-            output = find(app, pyatspi.ROLE_TEXT, output_name)
-            return output is not None and "hello from AT-SPI 42" in text_of(output)
-
-        wait_for("the program's output in the Output pane", output_has_result)
+        wait_for_output("the program's output in the Output pane", "hello from AT-SPI 42")
         status = wait_for("the status line", lambda: find(app, pyatspi.ROLE_LABEL, "Finished"))
         log(f"status line says {status.name!r}")
 
         # A second run with the Run button, pressed through its accessible action, reading stdin
         # from the Input area.
-        program = "print(input()[::-1])"
-        editable.deleteText(0, editor.queryText().characterCount)
-        pyatspi.Registry.generateKeyboardEvent(0, program, pyatspi.KEY_STRING)
-        wait_for("the second program in the editor", lambda: program in text_of(editor))
+        type_program("print(input()[::-1])")
         stdin = wait_for("the Input area", lambda: find(app, pyatspi.ROLE_TEXT, "Program input"))
         stdin.queryEditableText().setTextContents("level up\n")
         run.queryAction().doAction(0)
         log("pressed Run")
 
-        def output_has_reversed():
-            output = find(app, pyatspi.ROLE_TEXT, output_name)
-            return output is not None and "pu level" in text_of(output)
-
-        wait_for("the reversed input in the Output pane", output_has_reversed)
+        wait_for_output("the reversed input in the Output pane", "pu level")
 
         # A third run with command-line arguments typed into the Arguments field.
-        program = "import sys; print('args:', sys.argv[1:])"
-        editable.deleteText(0, editor.queryText().characterCount)
-        pyatspi.Registry.generateKeyboardEvent(0, program, pyatspi.KEY_STRING)
-        wait_for("the third program in the editor", lambda: program in text_of(editor))
+        type_program("import sys; print('args:', sys.argv[1:])")
         arguments = wait_for(
             "the Arguments field", lambda: find(app, None, "Program arguments")
         )
-        extents = arguments.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
-        pyatspi.Registry.generateMouseEvent(
-            extents.x + extents.width // 2, extents.y + extents.height // 2, "b1c"
-        )
+        click(arguments)
         pyatspi.Registry.generateKeyboardEvent(0, '-v "two words"', pyatspi.KEY_STRING)
         run.queryAction().doAction(0)
         log("typed arguments and pressed Run")
 
-        def output_has_arguments():
-            output = find(app, pyatspi.ROLE_TEXT, output_name)
-            return output is not None and "args: ['-v', 'two words']" in text_of(output)
-
-        wait_for("the arguments in the Output pane", output_has_arguments)
+        wait_for_output("the arguments in the Output pane", "args: ['-v', 'two words']")
 
         # Logging out sends SIGTERM: the app closes as Quit would, keeping the draft and removing
         # its temporary files, and exits successfully.
