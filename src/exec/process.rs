@@ -504,23 +504,29 @@ impl Runner<'_> {
         true
     }
 
+    /// A poll entry for each pipe still open, and the index of the pipe each one watches.
+    fn pipe_pollfds(&self) -> (Vec<libc::pollfd>, Vec<usize>) {
+        self.pipes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, pipe)| {
+                let file = pipe.as_ref()?;
+                let pollfd = libc::pollfd {
+                    fd: file.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                Some((pollfd, index))
+            })
+            .unzip()
+    }
+
     /// Reads what the pipes hold now, without waiting for more (bounded in time, in case
     /// something outside the job's process group still writes).
     fn drain_ready(&mut self) {
         let until = Instant::now() + DRAIN_AFTER_EXIT;
         while Instant::now() < until {
-            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
-            let mut owners: Vec<usize> = Vec::with_capacity(2);
-            for (index, pipe) in self.pipes.iter().enumerate() {
-                if let Some(file) = pipe {
-                    fds.push(libc::pollfd {
-                        fd: file.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
-                    owners.push(index);
-                }
-            }
+            let (mut fds, owners) = self.pipe_pollfds();
             if fds.is_empty() {
                 return;
             }
@@ -541,18 +547,8 @@ impl Runner<'_> {
     }
 
     fn wait_and_read(&mut self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
-        let mut owners: Vec<Option<usize>> = Vec::with_capacity(4);
-        for (index, pipe) in self.pipes.iter().enumerate() {
-            if let Some(file) = pipe {
-                fds.push(libc::pollfd {
-                    fd: file.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                owners.push(Some(index));
-            }
-        }
+        let (mut fds, pipe_owners) = self.pipe_pollfds();
+        let mut owners: Vec<Option<usize>> = pipe_owners.into_iter().map(Some).collect();
         // The main process's pidfd turns readable when it ends: the loop then reaps it at once
         // instead of waiting for the pipes (which its descendants may still hold).
         if let Some(pidfd) = &self.pidfd {
