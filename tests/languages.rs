@@ -249,8 +249,8 @@ fn every_language_checks_runs_and_builds() {
     handle.shutdown(Duration::from_secs(5));
 }
 
-/// A repeated RUN of the same C, Rust or Python source compiles (or syntax-checks) once: the second run's compile time and
-/// wall time, against the first's, measured in one run.
+/// A repeated RUN of the same C, Rust or Python source compiles (or syntax-checks) once: the
+/// second run's compile time and wall time, against the first's, measured in one run.
 #[test]
 fn a_repeated_run_compiles_once() {
     let cache = tempfile::tempdir().expect("cache");

@@ -223,14 +223,21 @@ impl BwrapSandbox {
 
 /// Finds `bwrap` on the PATH or in the usual places.
 /// Whether `bwrap --help` lists `--disable-userns`.
+/// Asked once per process: every sandbox a process makes (the app restarts its server when the
+/// settings change) uses the same bwrap.
 fn supports_disable_userns(bwrap: &Path) -> bool {
-    Command::new(bwrap)
-        .arg("--help")
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("--disable-userns"))
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        Command::new(bwrap)
+            .arg("--help")
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|output| {
+                String::from_utf8_lossy(&output.stdout).contains("--disable-userns")
+            })
+    })
 }
 
 impl BwrapSandbox {

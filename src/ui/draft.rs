@@ -1,6 +1,7 @@
-//! The draft: the editor's text, language and file, and the program's input and arguments, saved to `$XDG_DATA_HOME/kiln/draft` (JSON) a
-//! moment after each change and when the window closes, and restored at start, so nothing typed is
-//! lost by closing the app. The window (`window/files.rs`) decides when to save.
+//! The draft: the editor's text, language and file, and the program's input and arguments, saved
+//! to `$XDG_DATA_HOME/kiln/draft` (JSON) a moment after each change and when the window closes,
+//! and restored at start, so nothing typed is lost by closing the app. The window
+//! (`window/files.rs`) decides when to save.
 
 use std::io;
 use std::path::{Path, PathBuf};

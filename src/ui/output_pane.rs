@@ -1,8 +1,8 @@
 //! `KilnOutputPane`: what a program writes (stdout plain, stderr in a warning colour) as it
-//! streams, the Input area whose text becomes the program's stdin, and the Arguments field. The window
-//! (`window/run.rs`) feeds it batches of bytes; this file keeps the view responsive: bytes are
-//! decoded as UTF-8 across chunk boundaries, the shown text is capped at [`SHOWN_LIMIT`] with a
-//! notice, and the view follows new output unless the user scrolled up.
+//! streams, the Input area whose text becomes the program's stdin, and the Arguments field. The
+//! window (`window/run.rs`) feeds it batches of bytes; this file keeps the view responsive: bytes
+//! are decoded as UTF-8 across chunk boundaries, the shown text is capped at [`SHOWN_LIMIT`] with
+//! a notice, and the view follows new output unless the user scrolled up.
 
 use std::cell::{Cell, RefCell};
 
